@@ -1,0 +1,176 @@
+"""A robosuite task with point-cloud + ``agent_pos`` observations and 10-d absolute actions.
+
+Control: Panda, OSC_POSE with *absolute* world-frame targets (equidiff lineage): the controller
+tracks ``gripper0_right_grip_site``, so orientation in ``agent_pos`` is ``robot0_eef_quat_site``
+(``robot0_eef_quat`` is 90 deg off from the controller frame). Policy actions are
+pos(3) + rot6d(6) + gripper(1) (see :mod:`equi_diffpo.env.rotation`).
+Observation: ``point_cloud`` (N, 3|6) float32 world frame, ``agent_pos`` (9,) = eef pos(3),
+eef quat xyzw(4), gripper finger qpos(2).
+Reward: robosuite's sparse success reward (1.0 on success), episodes terminate on success.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, Optional, Tuple
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from equi_diffpo.env.point_cloud import CameraPointCloud, MeshPointCloud, PointCloudConfig, downsample_points  # noqa: E402
+from equi_diffpo.env.rotation import POLICY_ACTION_DIM, policy_action_to_env_action  # noqa: E402
+from equi_diffpo.env.task_registry import get_task, resolve_env_name  # noqa: E402
+
+AGENT_POS_DIM = 9
+VIDEO_CAMERA = "agentview"
+
+
+def _quiet_robosuite() -> None:
+    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("robosuite"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def absolute_pose_controller_config() -> Dict[str, Any]:
+    """robosuite 1.5 BASIC composite config with the arm's OSC_POSE in absolute world frame."""
+    from robosuite.controllers import load_composite_controller_config
+
+    cfg = load_composite_controller_config(controller="BASIC", robot="Panda")
+    arm = cfg["body_parts"]["right"]
+    arm["input_type"] = "absolute"
+    arm["input_ref_frame"] = "world"
+    # Only the arm exists on a Panda: drop the other body parts so robosuite doesn't warn each make.
+    cfg["body_parts"] = {"right": arm}
+    return cfg
+
+
+def apply_fast_render_settings(env, size: int) -> None:
+    """No shadows/reflections/skybox, no MSAA, small offscreen buffer: ~3x faster on Mesa llvmpipe."""
+    ctx = env.sim._render_context_offscreen
+    model = env.sim.model._model
+    for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
+        ctx.scn.flags[flag] = 0
+    model.vis.quality.offsamples = 0
+    model.vis.quality.shadowsize = 256
+    model.vis.global_.offwidth = max(size, model.vis.global_.offwidth if size > 640 else size)
+    model.vis.global_.offheight = max(size, model.vis.global_.offheight if size > 480 else size)
+    ctx._set_mujoco_context_and_buffers()
+
+
+class RobosuitePointCloudEnv:
+    """One robosuite env. ``step`` takes a policy action (10,), ``step_env_action`` a robosuite one (7,)."""
+
+    def __init__(self, task_name: str, point_cloud: PointCloudConfig | Dict[str, Any] | None = None,
+                 max_episode_steps: Optional[int] = None, render_size: Optional[int] = None, seed: Optional[int] = None):
+        import robosuite
+
+        _quiet_robosuite()
+        self.spec = get_task(task_name)
+        self.task_name = task_name
+        self.pc_cfg = point_cloud if isinstance(point_cloud, PointCloudConfig) else PointCloudConfig(**(point_cloud or {}))
+        self.max_episode_steps = int(max_episode_steps or self.spec.max_episode_steps)
+        self.render_size = render_size
+        use_camera = self.pc_cfg.source == "camera"
+        self.env_kwargs: Dict[str, Any] = dict(
+            robots="Panda", controller_configs=absolute_pose_controller_config(), control_freq=20,
+            use_camera_obs=use_camera, has_renderer=False, has_offscreen_renderer=use_camera or render_size is not None,
+            camera_names=list(self.pc_cfg.camera_names) if use_camera else VIDEO_CAMERA,
+            camera_heights=self.pc_cfg.camera_size, camera_widths=self.pc_cfg.camera_size,
+            camera_depths=use_camera, reward_shaping=False, ignore_done=True, hard_reset=False,
+            **self.spec.env_kwargs,
+        )
+        self.env_name = resolve_env_name(self.spec)
+        self.env = robosuite.make(self.env_name, seed=seed, **self.env_kwargs)
+        self._rng = np.random.default_rng(seed)
+        if use_camera:
+            self.env.reset()  # creates the offscreen context that the fast settings rebuild
+            apply_fast_render_settings(self.env, max(self.pc_cfg.camera_size, render_size or 0))
+        self._mesh_cloud = MeshPointCloud(self.env.sim.model._model, self.pc_cfg, seed=0) if not use_camera else None
+        self._camera_cloud = CameraPointCloud(self.pc_cfg) if use_camera else None
+        self.raw_obs: Dict[str, np.ndarray] = {}
+        self.steps = 0
+
+    # ------------------------------------------------------------------ observations
+    def _observation(self, raw_obs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        self.raw_obs = raw_obs
+        if self._mesh_cloud is not None:
+            cloud = self._mesh_cloud(self.env.sim.data._data)
+        else:
+            cloud = self._camera_cloud(self.env.sim, raw_obs)
+        points = downsample_points(cloud, self.pc_cfg.n_points, self.pc_cfg.downsample, self._rng)
+        agent_pos = np.concatenate([raw_obs["robot0_eef_pos"], raw_obs["robot0_eef_quat_site"], raw_obs["robot0_gripper_qpos"]])
+        return {"point_cloud": points.astype(np.float32), "agent_pos": agent_pos.astype(np.float32)}
+
+    # ------------------------------------------------------------------ episode control
+    def seed(self, seed: int) -> None:
+        """Reseed object placement and point-cloud downsampling (robosuite keeps its rng on the env)."""
+        self._rng = np.random.default_rng(seed)
+        self.env.rng = np.random.default_rng(seed)
+        if getattr(self.env, "placement_initializer", None) is not None:
+            self.env.placement_initializer.rng = self.env.rng
+
+    def reset(self, seed: Optional[int] = None) -> Dict[str, np.ndarray]:
+        if seed is not None:
+            self.seed(seed)
+        self.steps = 0
+        return self._observation(self.env.reset())
+
+    def step_env_action(self, env_action: np.ndarray) -> Tuple[Dict[str, np.ndarray], float, bool, Dict[str, Any]]:
+        """Step with a robosuite 7-d absolute action. ``done`` = success or time limit; ``info``
+        says which (``success``, ``truncated``) so RL can bootstrap on truncation only."""
+        raw, reward, _, _ = self.env.step(np.asarray(env_action, dtype=np.float64))
+        self.steps += 1
+        success = bool(self.env._check_success())
+        truncated = (not success) and self.steps >= self.max_episode_steps
+        return self._observation(raw), float(reward), success or truncated, {"success": success, "truncated": truncated}
+
+    def step(self, action: np.ndarray) -> Tuple[Dict[str, np.ndarray], float, bool, Dict[str, Any]]:
+        """Step with a policy action (10,) = pos + rot6d + gripper."""
+        action = np.asarray(action)
+        if action.shape != (POLICY_ACTION_DIM,):
+            raise ValueError(f"expected a policy action of shape ({POLICY_ACTION_DIM},), got {action.shape}")
+        if not np.all(np.isfinite(action)):
+            raise FloatingPointError(f"non-finite action {action}")
+        return self.step_env_action(policy_action_to_env_action(action))
+
+    def is_success(self) -> bool:
+        return bool(self.env._check_success())
+
+    # ------------------------------------------------------------------ robomimic-format state
+    def get_state(self) -> np.ndarray:
+        """Flattened MuJoCo state (time, qpos, qvel): robomimic's ``states`` entry."""
+        return np.asarray(self.env.sim.get_state().flatten())
+
+    def model_xml(self) -> str:
+        return self.env.sim.model.get_xml()
+
+    def reset_to(self, state: np.ndarray) -> Dict[str, np.ndarray]:
+        """Set the sim to a recorded ``states`` entry and return the observation there."""
+        expected = self.get_state().shape[0]
+        if state.shape[0] != expected:
+            raise ValueError(f"state has {state.shape[0]} entries but {self.env_name} expects {expected}: "
+                             "the hdf5 was recorded with a different robot/env/robosuite version")
+        self.env.sim.set_state_from_flattened(state)
+        self.env.sim.forward()
+        return self._observation(self.env._get_observations(force_update=True))
+
+    def env_args(self) -> Dict[str, Any]:
+        """robomimic's ``env_args`` attribute (type 1 = robosuite)."""
+        kwargs = {k: v for k, v in self.env_kwargs.items()}
+        return {"env_name": self.env_name, "type": 1, "env_version": "1.5.2",
+                "env_kwargs": json.loads(json.dumps(kwargs, default=str)), "task_name": self.task_name}
+
+    # ------------------------------------------------------------------ video
+    def render(self, size: Optional[int] = None, camera: str = VIDEO_CAMERA) -> np.ndarray:
+        """RGB frame (H, W, 3) uint8, right side up; needs ``render_size`` (or the camera source)."""
+        if not self.env.has_offscreen_renderer:
+            raise RuntimeError("this env was created without an offscreen renderer: pass render_size=...")
+        size = size or self.render_size or 128
+        return self.env.sim.render(camera_name=camera, width=size, height=size)[::-1].copy()
+
+    def close(self) -> None:
+        self.env.close()
