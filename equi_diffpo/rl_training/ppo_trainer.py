@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -362,9 +363,14 @@ class PPOTrainer:
         logs.setdefault(f"{name}_grad_norm", []).append(grad_norm.item())
 
     def scheduler_step(self) -> None:
-        """Advance both LR schedules; call once per RL epoch, after `update`."""
-        self.policy_scheduler.step()
-        self.critic_scheduler.step()
+        """Advance both LR schedules; call once per RL epoch, after `update`. The schedule counts
+        warm-up epochs too, so `total_epochs` is the run length in RL epochs."""
+        with warnings.catch_warnings():
+            # During critic warm-up the policy optimizer has not stepped yet; torch's
+            # "scheduler before optimizer" warning is expected then and harmless for LambdaLR.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            self.policy_scheduler.step()
+            self.critic_scheduler.step()
 
     def state_dict(self) -> Dict[str, Any]:
         return {"policy_optimizer": self.policy_optimizer.state_dict(),

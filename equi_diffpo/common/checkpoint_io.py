@@ -1,0 +1,99 @@
+"""Checkpoint files: atomic writes and the one policy loader every consumer uses.
+
+Payload (equidiff / diffusion_policy workspace format)::
+
+    {'cfg': OmegaConf, 'state_dicts': {'model', 'ema_model', 'optimizer', ...}, 'pickles': {...}}
+
+saved with ``torch.save(..., pickle_module=dill)``. Writes go to a temp file in the same folder
+and are renamed into place, so a kill mid-write never leaves a truncated ``latest.ckpt``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import dill
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or does not fit the requested policy."""
+
+
+def atomic_torch_save(payload: Dict[str, Any], path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp, pickle_module=dill)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_payload(path: str, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
+    if not path or not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist; pass pretrained_policy_path=<file.ckpt> "
+                              "(the shipped default is data/checkpoints/lift_d0_default.ckpt; "
+                              "scripts/make_default_checkpoint.sh rebuilds it)")
+    try:
+        payload = torch.load(path, map_location=map_location, pickle_module=dill, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise CheckpointError(f"checkpoint {path!r} could not be read (truncated or not a torch file): {err}") from err
+    if not isinstance(payload, dict) or "state_dicts" not in payload or "cfg" not in payload:
+        raise CheckpointError(f"{path!r} is not a workspace checkpoint (expected keys 'cfg' and 'state_dicts')")
+    return payload
+
+
+def check_state_dict_compatible(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], path: str, key: str) -> None:
+    """Raise naming every missing / unexpected / shape-mismatched key (never load with strict=False)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs policy {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state_dict)) if tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or shapes:
+        lines = [f"checkpoint {path!r} ('{key}') does not fit the policy:"]
+        lines += [f"  shape mismatch {s}" for s in shapes]
+        lines += [f"  missing in checkpoint: {k}" for k in missing[:20]]
+        lines += [f"  unexpected in checkpoint: {k}" for k in unexpected[:20]]
+        raise CheckpointError("\n".join(lines))
+
+
+def check_policy_config(ckpt_cfg: Mapping[str, Any], expected: Mapping[str, Any], path: str) -> None:
+    """Compare the checkpoint's policy config with ``expected`` (e.g. the task's dims)."""
+    diffs = [f"  policy.{k}: checkpoint {ckpt_cfg.get(k)!r} vs requested {v!r}"
+             for k, v in expected.items() if ckpt_cfg.get(k) != v]
+    if diffs:
+        raise CheckpointError(f"checkpoint {path!r} was trained with a different policy config:\n" + "\n".join(diffs))
+
+
+def load_policy(path: str, device: str | torch.device = "cpu", expected_config: Optional[Mapping[str, Any]] = None,
+                prefer_ema: bool = True) -> Tuple[torch.nn.Module, DictConfig, Dict[str, Any]]:
+    """Build the checkpoint's policy from its own ``cfg.policy`` and load its weights.
+
+    Prefers ``ema_model`` (the weights BC evaluation used). RL checkpoints store their fine-tuned
+    policy under the same keys, so the BC evaluator loads them unchanged. Returns
+    ``(policy on device, cfg, payload)``."""
+    payload = load_payload(path)
+    cfg = payload["cfg"]
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
+    if expected_config:
+        check_policy_config(policy_cfg, expected_config, path)
+    key = "ema_model" if prefer_ema and "ema_model" in payload["state_dicts"] else "model"
+    if key not in payload["state_dicts"]:
+        raise CheckpointError(f"checkpoint {path!r} has no 'model' or 'ema_model' state dict")
+    policy = hydra.utils.instantiate(cfg.policy)
+    state = payload["state_dicts"][key]
+    # The normalizer's fields depend on the dataset: create them from the checkpoint before comparing.
+    policy.normalizer.load_state_dict({k[len("normalizer."):]: v for k, v in state.items() if k.startswith("normalizer.")})
+    check_state_dict_compatible(policy, state, path, key)
+    policy.load_state_dict(state)
+    return policy.to(device), cfg, payload

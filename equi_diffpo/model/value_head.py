@@ -1,0 +1,35 @@
+"""PPO critic: its own obs encoder + MLP -> state value of a chunk-level MDP step.
+
+Why its own encoder: sharing the actor's encoder lets large, noisy value-loss gradients disturb a
+pretrained policy's features (the usual reason PPO fine-tuning of BC policies collapses early).
+
+Input contract: ``forward`` takes obs that are ALREADY normalized and sliced to ``n_obs_steps``
+frames, i.e. the output of ``ManiFlowPointcloudPolicy.normalize_obs(raw_obs)`` (also reachable as
+``ManiFlowRLPolicy.normalize_obs``). The critic thus holds no normalizer of its own and always
+sees the same features scale as the actor, from the one normalizer stored with the policy.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn as nn
+
+from equi_diffpo.model.pointnet_encoder import ObsEncoder
+
+
+class ValueHead(nn.Module):
+    """``forward(nobs)``: ``nobs['point_cloud']`` ``(B, To, N, C)``, ``nobs['agent_pos']``
+    ``(B, To, agent_pos_dim)`` (normalized, ``To == n_obs_steps``) -> values ``(B,)``."""
+
+    def __init__(self, point_dim: int = 3, agent_pos_dim: int = 9, n_obs_steps: int = 2,
+                 hidden: int = 256, pc_out: int = 128, state_out: int = 64):
+        super().__init__()
+        self.obs_encoder = ObsEncoder(point_dim, agent_pos_dim, n_obs_steps, pc_out, state_out)
+        self.mlp = nn.Sequential(
+            nn.Linear(self.obs_encoder.output_dim, hidden), nn.Mish(),
+            nn.Linear(hidden, hidden), nn.Mish(),
+            nn.Linear(hidden, 1))
+
+    def forward(self, nobs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.mlp(self.obs_encoder(nobs)).squeeze(-1)

@@ -1,0 +1,217 @@
+"""ManiFlow point-cloud policy: PointNet obs encoder + flow velocity network over action chunks.
+
+Time convention (``policy.time_convention == 't0_noise_t1_data'``, also stored in the checkpoint
+cfg through ``get_policy_config``): ``t`` runs from 0 (pure noise ``x0 ~ N(0, I)``) to 1 (data
+``x1`` = normalized action chunk); ``x_t = (1 - t) x0 + t x1``; the velocity target is
+``v = x1 - x0``; sampling integrates with Euler from ``t = 0`` in ``num_inference_steps`` equal
+steps. This is ManiFlow's direction; the seed fork flipped it, so its checkpoints don't load here.
+
+Training (ManiFlow's consistency flow matching), on one batch split in two:
+  * a ``flow_batch_ratio`` share gets the plain flow-matching loss at a uniform ``t`` with step
+    ``dt = 0`` (instantaneous velocity);
+  * the rest gets a consistency loss: ``t`` on a grid of ``consistency_t_steps`` points in [0, 1),
+    ``Δ ~ U(0, consistency_delta)``, ``t' = min(t + Δ, 1)``. A teacher (the EMA model, or the model
+    itself without gradient) predicts the average velocity from ``x_t'`` with step Δ, which gives
+    an estimate of the endpoint ``x̂1 = x_t' + (1 - t') v_teacher``; the student at ``(x_t, t, Δ)``
+    is regressed onto ``(x̂1 - x_t) / (1 - t)``. The net thereby learns velocities that stay accurate
+    for large steps, so 1-2 Euler steps (``dt = 1/K`` is passed to the net) give good actions.
+    The teacher uses its own obs encoder (ManiFlow feeds the student's features to the EMA net;
+    using the EMA encoder keeps the teacher one consistent, slowly moving function).
+
+Data shapes (raw, un-normalized):
+  obs ``point_cloud`` ``(B, To, N, C)``, ``agent_pos`` ``(B, To, agent_pos_dim)``;
+  action ``(B, horizon, action_dim)``; only the first ``n_obs_steps`` obs frames are used.
+Executed actions are ``action_pred[:, n_obs_steps-1 : n_obs_steps-1+n_action_steps]``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from equi_diffpo.model.normalizer import LinearNormalizer, SingleFieldNormalizer
+from equi_diffpo.model.pointnet_encoder import ObsEncoder
+from equi_diffpo.model.velocity_net import ConditionalUnet1D
+
+TIME_CONVENTION = "t0_noise_t1_data"
+
+
+def _create_normalizer_fields(module: LinearNormalizer, state_dict: Dict[str, torch.Tensor], prefix: str,
+                              *_args: Any) -> None:
+    """Load-state-dict pre-hook: a fresh policy's empty normalizer gets the fields the checkpoint
+    has, so ``policy.load_state_dict(saved)`` works without calling ``set_normalizer`` first."""
+    for key, value in state_dict.items():
+        if key.startswith(prefix + "fields.") and key.endswith(".scale"):
+            name = key[len(prefix + "fields."):-len(".scale")]
+            if name not in module.fields:
+                module.fields[name] = SingleFieldNormalizer(value.shape[-1])
+
+
+class ManiFlowPointcloudPolicy(nn.Module):
+    """See the module docstring. All ctor arguments are plain numbers/lists so hydra can build it."""
+
+    time_convention = TIME_CONVENTION
+
+    def __init__(self, point_dim: int = 3, agent_pos_dim: int = 9, action_dim: int = 7,
+                 horizon: int = 16, n_action_steps: int = 8, n_obs_steps: int = 2,
+                 num_inference_steps: int = 2, flow_batch_ratio: float = 0.75,
+                 consistency_delta: float = 1.0, consistency_t_steps: int = 10,
+                 encoder_output_dim: int = 128, state_output_dim: int = 64,
+                 pointnet_hidden: Sequence[int] = (64, 128, 256),
+                 down_dims: Sequence[int] = (64, 128), kernel_size: int = 5,
+                 time_embed_dim: int = 64, n_groups: int = 8, clip_sample: bool = True,
+                 time_convention: str = TIME_CONVENTION):
+        super().__init__()
+        if time_convention != TIME_CONVENTION:
+            raise ValueError(f"this policy integrates {TIME_CONVENTION!r}; a config/checkpoint with "
+                             f"time_convention={time_convention!r} is not compatible")
+        if n_obs_steps - 1 + n_action_steps > horizon:
+            raise ValueError(f"n_obs_steps - 1 + n_action_steps ({n_obs_steps - 1 + n_action_steps}) "
+                             f"exceeds horizon ({horizon})")
+        self._config = dict(
+            point_dim=int(point_dim), agent_pos_dim=int(agent_pos_dim), action_dim=int(action_dim),
+            horizon=int(horizon), n_action_steps=int(n_action_steps), n_obs_steps=int(n_obs_steps),
+            num_inference_steps=int(num_inference_steps), flow_batch_ratio=float(flow_batch_ratio),
+            consistency_delta=float(consistency_delta), consistency_t_steps=int(consistency_t_steps),
+            encoder_output_dim=int(encoder_output_dim), state_output_dim=int(state_output_dim),
+            pointnet_hidden=[int(h) for h in pointnet_hidden], down_dims=[int(d) for d in down_dims],
+            kernel_size=int(kernel_size), time_embed_dim=int(time_embed_dim), n_groups=int(n_groups),
+            clip_sample=bool(clip_sample), time_convention=TIME_CONVENTION)
+        c = self._config
+        self.action_dim, self.horizon = c["action_dim"], c["horizon"]
+        self.n_action_steps, self.n_obs_steps = c["n_action_steps"], c["n_obs_steps"]
+        self.num_inference_steps = c["num_inference_steps"]
+        self.flow_batch_ratio = c["flow_batch_ratio"]
+        self.consistency_delta, self.consistency_t_steps = c["consistency_delta"], c["consistency_t_steps"]
+        self.clip_sample = c["clip_sample"]
+
+        self.normalizer = LinearNormalizer()
+        self.normalizer.register_load_state_dict_pre_hook(_create_normalizer_fields)
+        self.obs_encoder = ObsEncoder(c["point_dim"], c["agent_pos_dim"], c["n_obs_steps"],
+                                      c["encoder_output_dim"], c["state_output_dim"], c["pointnet_hidden"])
+        self.velocity_net = ConditionalUnet1D(c["action_dim"], self.obs_encoder.output_dim, c["horizon"],
+                                              c["down_dims"], c["time_embed_dim"], c["kernel_size"],
+                                              c["n_groups"])
+
+    # ----- configuration / normalizer -----
+    def get_policy_config(self) -> Dict[str, Any]:
+        """Ctor kwargs (``time_convention`` included) for checkpoint-compatibility checks;
+        ``ManiFlowPointcloudPolicy(**policy.get_policy_config())`` rebuilds the same architecture."""
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._config.items()}
+
+    def set_normalizer(self, normalizer: LinearNormalizer) -> None:
+        """Copy ``normalizer``'s fields into ours (kept as the same module, so EMA copies match)."""
+        self.normalizer.load_state_dict(normalizer.state_dict())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ----- shared pieces (also used by the RL view) -----
+    def normalize_obs(self, obs_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Raw obs ``(B, To>=n_obs_steps, ...)`` -> normalized first ``n_obs_steps`` frames."""
+        n_frames = obs_dict["agent_pos"].shape[1]
+        if n_frames < self.n_obs_steps:
+            raise ValueError(f"need at least {self.n_obs_steps} obs frames, got {n_frames}")
+        obs = {k: obs_dict[k][:, : self.n_obs_steps].to(self.device) for k in ("point_cloud", "agent_pos")}
+        return self.normalizer.normalize(obs)
+
+    def encode_obs(self, obs_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Raw obs -> conditioning ``(B, obs_encoder.output_dim)``."""
+        return self.obs_encoder(self.normalize_obs(obs_dict))
+
+    def step_size(self) -> float:
+        """Euler step ``dt = 1 / num_inference_steps``."""
+        return 1.0 / self.num_inference_steps
+
+    def euler_mean(self, x: torch.Tensor, k: int, cond: torch.Tensor) -> torch.Tensor:
+        """Deterministic Euler step ``k``: ``x + v(x, t_k, dt, cond) * dt`` with ``t_k = k * dt``.
+
+        x: ``(B, horizon, action_dim)`` normalized. The RL view uses this as its transition mean,
+        so its deterministic mode equals :meth:`predict_action` bit for bit.
+        """
+        dt = self.step_size()
+        return x + self.velocity_net(x, k * dt, dt, cond) * dt
+
+    def decode_actions(self, naction: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Final normalized chunk ``(B, horizon, Da)`` -> ``{'action', 'action_pred'}`` raw.
+
+        With ``clip_sample`` the chunk is clamped to [-1, 1] first: the normalizer maps the
+        training actions' min/max to ±1, so clamping only removes extrapolation beyond the demos
+        (diffusion_policy's ``clip_sample``). The RL chain is stored unclamped.
+        """
+        if self.clip_sample:
+            naction = naction.clamp(-1.0, 1.0)
+        action_pred = self.normalizer["action"].unnormalize(naction)
+        start = self.n_obs_steps - 1
+        return {"action": action_pred[:, start:start + self.n_action_steps], "action_pred": action_pred}
+
+    # ----- inference -----
+    @torch.no_grad()
+    def predict_action(self, obs_dict: Dict[str, torch.Tensor],
+                       noise: torch.Tensor | None = None) -> Dict[str, torch.Tensor]:
+        """Raw obs dict -> ``{'action': (B, n_action_steps, Da), 'action_pred': (B, horizon, Da)}``.
+
+        ``noise`` ``(B, horizon, Da)`` is the starting point ``x0``; given it, the output is
+        deterministic.
+        """
+        cond = self.encode_obs(obs_dict)
+        if noise is None:
+            noise = torch.randn(cond.shape[0], self.horizon, self.action_dim, device=cond.device)
+        x = noise.to(device=cond.device, dtype=cond.dtype)
+        for k in range(self.num_inference_steps):
+            x = self.euler_mean(x, k, cond)
+        return self.decode_actions(x)
+
+    # ----- training -----
+    def compute_loss(self, batch: Dict[str, Any], ema_model: "ManiFlowPointcloudPolicy | None" = None
+                     ) -> tuple[torch.Tensor, Dict[str, float]]:
+        """Flow + consistency-flow loss. batch: ``{'obs': {...(B, T, ...)}, 'action': (B, horizon, Da)}``.
+
+        ``ema_model`` provides the consistency targets; ``None`` uses this model without gradient.
+        Returns ``(loss, info)`` with info keys ``loss``, ``loss_flow``, ``loss_consistency``.
+        """
+        nobs = self.normalize_obs(batch["obs"])
+        x1 = self.normalizer["action"].normalize(batch["action"].to(self.device))
+        cond = self.obs_encoder(nobs)
+        x0 = torch.randn_like(x1)
+        batch_size = x1.shape[0]
+        n_flow = int(batch_size * self.flow_batch_ratio)
+
+        # Flow matching: instantaneous velocity (dt = 0) at uniform t.
+        t = torch.rand(n_flow, 1, 1, device=x1.device)
+        x_t = (1 - t) * x0[:n_flow] + t * x1[:n_flow]
+        v_pred = self.velocity_net(x_t, t.flatten(), 0.0, cond[:n_flow])
+        loss_flow = F.mse_loss(v_pred, x1[:n_flow] - x0[:n_flow]) if n_flow > 0 else x1.new_zeros(())
+
+        loss_ct = x1.new_zeros(())
+        if n_flow < batch_size:
+            loss_ct = self._consistency_loss(x0[n_flow:], x1[n_flow:], cond[n_flow:],
+                                             {k: v[n_flow:] for k, v in nobs.items()}, ema_model)
+        loss = loss_flow + loss_ct
+        info = {"loss": loss.item(), "loss_flow": loss_flow.item(), "loss_consistency": loss_ct.item()}
+        return loss, info
+
+    def _consistency_loss(self, x0: torch.Tensor, x1: torch.Tensor, cond: torch.Tensor,
+                          nobs: Dict[str, torch.Tensor], ema_model: "ManiFlowPointcloudPolicy | None"
+                          ) -> torch.Tensor:
+        """Student at (x_t, t, Δ) regressed onto the teacher's endpoint estimate from t' = t + Δ."""
+        n = x1.shape[0]
+        # t on a grid in [0, 1) so 1 - t >= 1 / consistency_t_steps (no division blow-up) and the
+        # inference times k / K are hit exactly when K divides consistency_t_steps.
+        t = torch.randint(0, self.consistency_t_steps, (n, 1, 1), device=x1.device) / self.consistency_t_steps
+        delta = torch.rand(n, device=x1.device) * self.consistency_delta
+        t_next = (t + delta.view(-1, 1, 1)).clamp(max=1.0)
+        x_t = (1 - t) * x0 + t * x1
+        x_t_next = (1 - t_next) * x0 + t_next * x1
+
+        teacher = ema_model if ema_model is not None else self
+        with torch.no_grad():
+            teacher_cond = teacher.obs_encoder(nobs)
+            v_teacher = teacher.velocity_net(x_t_next, t_next.flatten(), delta, teacher_cond)
+            x1_hat = x_t_next + (1 - t_next) * v_teacher
+            v_target = (x1_hat - x_t) / (1 - t)
+        v_pred = self.velocity_net(x_t, t.flatten(), delta, cond)
+        return F.mse_loss(v_pred, v_target)

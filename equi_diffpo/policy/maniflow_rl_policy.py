@@ -1,0 +1,178 @@
+"""Stochastic view of a ManiFlow policy for PPO (ReinFlow-style noisy flow chain, exact log-probs).
+
+A pretrained :class:`ManiFlowPointcloudPolicy` integrates ``x_{k+1} = x_k + v(x_k, t_k) dt``. For RL
+we turn each of the ``K = num_inference_steps`` Euler steps into a Gaussian transition
+
+    x_0 ~ N(0, I),   x_{k+1} = x_k + v(x_k, t_k, dt, cond) dt + sigma_k * eps,   eps ~ N(0, I),
+
+with ``sigma_k = sigma(x_k, t_k, cond)`` from a small learned noise head, per (time, dim) entry and
+bounded in ``[sigma_min, sigma_max]`` (normalized action units). The whole chain is stored in the
+rollout buffer, so the log-probability of the sampled chunk under the current parameters is a sum
+of Gaussian log-densities: exact and cheap, no ODE likelihood needed.
+
+What the log-prob covers (the PPO ratio uses exactly this):
+  * only the ``K`` stochastic transitions; the prior term ``log N(x_0; 0, I)`` is left out because
+    it does not depend on any parameter and cancels in every ratio;
+  * only the executed slice of each transition, time indices
+    ``n_obs_steps-1 : n_obs_steps-1+n_action_steps`` and all action dims: the other predicted steps
+    never reach the environment. Each transition's mean still depends on the full previous state
+    ``x_k`` (stored), so this is the conditional density of the executed coordinates given the chain.
+  * summed over transitions and dims; ``normalize_by_dims=True`` divides by ``K * n_exec * Da``
+    (ReinFlow's normalization, which keeps the ratio's scale independent of the chunk size).
+
+Clipping: the chain (including ``x_K``) is stored unclamped and the log-prob is of that stored chain;
+the executed action is ``decode_actions(x_K)``, which clamps to [-1, 1] when the base policy has
+``clip_sample`` (the clamp is then part of the environment from PPO's point of view). Deterministic
+mode drops the noise term and reproduces the base policy's ``predict_action`` exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict
+
+import torch
+import torch.nn as nn
+
+from equi_diffpo.model.velocity_net import SinusoidalEmbedding
+from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass
+class RLSample:
+    """``action`` (B, n_action_steps, Da) raw executed actions; ``chains`` (B, K+1, horizon, Da)
+    normalized chain ``x_0 .. x_K``; ``log_prob`` (B,) of the chain (see module docstring)."""
+    action: torch.Tensor
+    chains: torch.Tensor
+    log_prob: torch.Tensor
+
+
+@dataclass
+class LogProbResult:
+    """``log_prob`` (B,) and ``entropy`` (B,) of the stochastic transitions, same slice/normalization."""
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+
+
+class NoiseHead(nn.Module):
+    """``sigma(x_k, t_k, cond)`` -> ``(B, horizon, Da)`` in ``[sigma_min, sigma_max]``.
+
+    The last layer starts at zero, so every sigma starts at the middle of the range and the fine-
+    tuning begins from a smooth, uniform exploration level.
+    """
+
+    def __init__(self, horizon: int, action_dim: int, cond_dim: int, hidden: int,
+                 sigma_min: float, sigma_max: float, time_embed_dim: int = 32):
+        super().__init__()
+        if not 0 < sigma_min <= sigma_max:
+            raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.time_embed = SinusoidalEmbedding(time_embed_dim)
+        out = nn.Linear(hidden, horizon * action_dim)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.net = nn.Sequential(
+            nn.Linear(horizon * action_dim + time_embed_dim + cond_dim, hidden), nn.Mish(),
+            nn.Linear(hidden, hidden), nn.Mish(), out)
+
+    def forward(self, x: torch.Tensor, t: float, cond: torch.Tensor) -> torch.Tensor:
+        t_emb = self.time_embed(torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device))
+        raw = self.net(torch.cat([x.flatten(1), t_emb, cond], dim=-1)).view_as(x)
+        return self.sigma_min + (self.sigma_max - self.sigma_min) * torch.sigmoid(raw)
+
+
+class ManiFlowRLPolicy(nn.Module):
+    """Wraps (and trains) a pretrained base policy: reuses its ``obs_encoder``, ``velocity_net`` and
+    ``normalizer``; adds ``noise_head``. ``state_dict`` = ``base.*`` + ``noise_head.*``."""
+
+    def __init__(self, base_policy: ManiFlowPointcloudPolicy, sigma_min: float = 0.08,
+                 sigma_max: float = 0.14, noise_hidden: int = 128, normalize_by_dims: bool = False):
+        super().__init__()
+        self.base = base_policy
+        self.normalize_by_dims = bool(normalize_by_dims)
+        self._rl_config = dict(sigma_min=float(sigma_min), sigma_max=float(sigma_max),
+                               noise_hidden=int(noise_hidden), normalize_by_dims=self.normalize_by_dims)
+        self.noise_head = NoiseHead(base_policy.horizon, base_policy.action_dim,
+                                    base_policy.obs_encoder.output_dim, int(noise_hidden),
+                                    sigma_min, sigma_max)
+        start = base_policy.n_obs_steps - 1
+        self.exec_slice = slice(start, start + base_policy.n_action_steps)
+
+    def get_rl_config(self) -> Dict[str, Any]:
+        """The RL-specific ctor kwargs (the base's are in ``base.get_policy_config()``)."""
+        return dict(self._rl_config)
+
+    @property
+    def num_steps(self) -> int:
+        """K: number of stochastic transitions in a chain."""
+        return self.base.num_inference_steps
+
+    def normalize_obs(self, obs_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Raw obs -> normalized ``n_obs_steps`` frames (the critic's input)."""
+        return self.base.normalize_obs(obs_dict)
+
+    def predict_action(self, obs_dict: Dict[str, torch.Tensor],
+                       noise: torch.Tensor | None = None) -> Dict[str, torch.Tensor]:
+        """Deterministic actions (evaluation), identical to the base policy's."""
+        return self.base.predict_action(obs_dict, noise)
+
+    def _transition(self, x: torch.Tensor, k: int, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and sigma ``(B, horizon, Da)`` of ``p(x_{k+1} | x_k)``."""
+        mean = self.base.euler_mean(x, k, cond)
+        sigma = self.noise_head(x, k * self.base.step_size(), cond)
+        return mean, sigma
+
+    def _slice_terms(self, x_next: torch.Tensor, mean: torch.Tensor,
+                     sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian log-density of ``x_next`` and entropy, summed over the executed slice -> (B,), (B,)."""
+        s = self.exec_slice
+        log_sigma = sigma[:, s].log()
+        z = (x_next[:, s] - mean[:, s]) / sigma[:, s]
+        log_prob = (-0.5 * z.square() - log_sigma - _HALF_LOG_2PI).sum(dim=(1, 2))
+        entropy = (0.5 + _HALF_LOG_2PI + log_sigma).sum(dim=(1, 2))
+        return log_prob, entropy
+
+    def _normalizer_count(self) -> int:
+        n_exec = self.exec_slice.stop - self.exec_slice.start
+        return self.num_steps * n_exec * self.base.action_dim if self.normalize_by_dims else 1
+
+    @torch.no_grad()
+    def sample_actions(self, obs_dict: Dict[str, torch.Tensor], deterministic: bool = False,
+                       noise: torch.Tensor | None = None) -> RLSample:
+        """Roll the chain. obs_dict: raw ``(B, To, ...)``; ``noise`` optional ``x_0`` ``(B, horizon, Da)``.
+
+        Deterministic mode sets ``x_{k+1}`` to the transition mean (its ``log_prob`` is still the
+        density of that chain under the stochastic policy, so it is well defined).
+        """
+        cond = self.base.encode_obs(obs_dict)
+        shape = (cond.shape[0], self.base.horizon, self.base.action_dim)
+        x = torch.randn(shape, device=cond.device) if noise is None else noise.to(cond.device, cond.dtype)
+        chain, log_prob = [x], torch.zeros(shape[0], device=cond.device)
+        for k in range(self.num_steps):
+            mean, sigma = self._transition(x, k, cond)
+            x = mean if deterministic else mean + sigma * torch.randn_like(mean)
+            log_prob = log_prob + self._slice_terms(x, mean, sigma)[0]
+            chain.append(x)
+        action = self.base.decode_actions(x)["action"]
+        return RLSample(action=action, chains=torch.stack(chain, dim=1),
+                        log_prob=log_prob / self._normalizer_count())
+
+    def get_log_prob(self, obs_dict: Dict[str, torch.Tensor], chains: torch.Tensor) -> LogProbResult:
+        """Log-prob and entropy of stored ``chains`` ``(B, K+1, horizon, Da)`` under the current
+        parameters; differentiable wrt the encoder, velocity net and noise head. obs_dict is raw."""
+        if chains.shape[1] != self.num_steps + 1:
+            raise ValueError(f"chains have {chains.shape[1] - 1} transitions, policy has K={self.num_steps}")
+        cond = self.base.encode_obs(obs_dict)
+        chains = chains.to(cond.device)
+        log_prob = torch.zeros(chains.shape[0], device=cond.device)
+        entropy = torch.zeros_like(log_prob)
+        # Same per-step computation as sample_actions, so an unchanged policy gives a ratio of 1.
+        for k in range(self.num_steps):
+            mean, sigma = self._transition(chains[:, k].contiguous(), k, cond)
+            step_log_prob, step_entropy = self._slice_terms(chains[:, k + 1], mean, sigma)
+            log_prob = log_prob + step_log_prob
+            entropy = entropy + step_entropy
+        count = self._normalizer_count()
+        return LogProbResult(log_prob=log_prob / count, entropy=entropy / count)

@@ -1,0 +1,136 @@
+"""BC pretraining workspace: dataset -> ManiFlow policy (+EMA) -> checkpoints, val loss, rollouts."""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import time
+from typing import Any, Dict
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from equi_diffpo.common.run_logger import RunLogger
+from equi_diffpo.dataset.pointcloud_dataset import PointCloudDataset
+from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
+from equi_diffpo.model.ema import EMAModel
+from equi_diffpo.workspace.base_workspace import BaseWorkspace, resolve_device, set_seed
+
+
+def check_dataset_matches(dataset: PointCloudDataset, cfg: DictConfig) -> None:
+    """The dataset's dims must be the policy's: name the config key to change otherwise."""
+    meta = dataset.meta
+    for key, have in (("point_dim", meta.point_dim), ("agent_pos_dim", meta.agent_pos_dim), ("action_dim", meta.action_dim)):
+        if cfg.policy[key] != have:
+            raise ValueError(f"policy.{key}={cfg.policy[key]} but dataset {cfg.dataset.zarr_path} has {have}: "
+                             f"set task.{key}={have} (or regenerate the dataset)")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
+
+
+class TrainManiFlowWorkspace(BaseWorkspace):
+    def __init__(self, cfg: DictConfig, output_dir: str | None = None):
+        super().__init__(cfg, output_dir)
+        set_seed(cfg.training.seed)
+        if cfg.training.torch_threads:
+            torch.set_num_threads(int(cfg.training.torch_threads))
+        self.device = resolve_device(cfg.training.device)
+        self.model = hydra.utils.instantiate(cfg.policy)
+        self.ema_model = copy.deepcopy(self.model)
+        self.ema = EMAModel(self.ema_model, power=cfg.ema.power, max_value=cfg.ema.max_value)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optimizer.lr,
+                                           weight_decay=cfg.optimizer.weight_decay, betas=tuple(cfg.optimizer.betas))
+
+    # ------------------------------------------------------------------ pieces
+    def _build_data(self):
+        dataset = PointCloudDataset(**self.cfg.dataset)
+        check_dataset_matches(dataset, self.cfg)
+        normalizer = dataset.get_normalizer()
+        self.model.set_normalizer(normalizer)
+        self.ema_model.set_normalizer(copy.deepcopy(normalizer))
+        loader = DataLoader(dataset, **self.cfg.dataloader, drop_last=len(dataset) > self.cfg.dataloader.batch_size)
+        val_loader = DataLoader(dataset.get_validation_dataset(), batch_size=self.cfg.dataloader.batch_size)
+        return loader, val_loader
+
+    def _lr_lambda(self, total_steps: int):
+        if self.cfg.training.lr_schedule == "constant":
+            return lambda step: 1.0
+        if self.cfg.training.lr_schedule != "cosine":
+            raise ValueError(f"training.lr_schedule={self.cfg.training.lr_schedule!r}; use cosine or constant")
+        warmup = min(500, max(1, total_steps // 20))
+        return lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
+
+    @torch.no_grad()
+    def _val_loss(self, val_loader: DataLoader) -> float:
+        losses = [self.ema_model.compute_loss(to_device(b, self.device), self.ema_model)[0].item() for b in val_loader]
+        return float(sum(losses) / max(1, len(losses)))
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        loader, val_loader = self._build_data()
+        if cfg.training.resume and self.latest_checkpoint():
+            self.load_checkpoint()
+            print(f"resumed from {self.latest_checkpoint()} at epoch {self.epoch}")
+        self.model.to(self.device)
+        self.ema_model.to(self.device)
+        total_steps = cfg.training.max_train_steps or cfg.training.num_epochs * len(loader)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda(total_steps),
+                                                      last_epoch=self.global_step - 1 if self.global_step else -1)
+        logger = RunLogger(self.output_dir, cfg.logging, cfg)
+        runner = PointCloudEnvRunner(cfg.task, self.output_dir, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs,
+                                     n_videos=cfg.eval.n_videos, render_size=cfg.eval.render_size,
+                                     max_episode_steps=cfg.eval.max_episode_steps, n_obs_steps=cfg.n_obs_steps,
+                                     vec_mode=cfg.eval.vec_mode)
+        metrics: Dict[str, Any] = {}
+        start = time.time()
+        try:
+            while self.epoch < cfg.training.num_epochs and self.global_step < total_steps:
+                metrics = {"train/epoch": self.epoch, **self._train_epoch(loader, scheduler, total_steps)}
+                last = self.epoch + 1 == cfg.training.num_epochs or self.global_step >= total_steps
+                if cfg.training.val_every and (self.epoch % cfg.training.val_every == 0 or last) and len(val_loader):
+                    metrics["train/val_loss"] = self._val_loss(val_loader)
+                if cfg.training.rollout_every and ((self.epoch + 1) % cfg.training.rollout_every == 0 or last):
+                    metrics.update(runner.run(self.ema_model, tag=f"epoch{self.epoch:04d}"))
+                metrics["perf/train_minutes"] = (time.time() - start) / 60
+                self.epoch += 1
+                logger.log(metrics, step=self.global_step)
+                if cfg.training.checkpoint_every and (self.epoch % cfg.training.checkpoint_every == 0 or last):
+                    self.save_checkpoint()
+                    self.save_checkpoint(f"epoch_{self.epoch:04d}")
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: saving {self.save_checkpoint()} (resume with the same command and hydra.run.dir)")
+            raise
+        finally:
+            runner.close()
+            logger.finish()
+        return metrics
+
+    def _train_epoch(self, loader: DataLoader, scheduler, total_steps: int) -> Dict[str, float]:
+        self.model.train()
+        losses = []
+        with tqdm(loader, desc=f"epoch {self.epoch}", leave=False) as bar:
+            for batch in bar:
+                loss, _info = self.model.compute_loss(to_device(batch, self.device), self.ema_model)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite BC loss at epoch {self.epoch}, step {self.global_step}; "
+                                             f"the last good checkpoint is {self.latest_checkpoint()}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                scheduler.step()
+                self.ema.step(self.model)
+                self.global_step += 1
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if self.global_step >= total_steps:
+                    break
+        return {"train/loss": float(sum(losses) / max(1, len(losses))), "train/lr": scheduler.get_last_lr()[0]}
