@@ -35,6 +35,7 @@ MAX_ABS_YAW = 1.75          # rad from the reset wrist angle: keeps Panda joint 
 PICK_CHECK_HEIGHT = 0.04    # m raised after closing, before checking that the object came along
 OBSTACLE_RADIUS = 0.1      # m: obstacles farther than this from the grasped object can't meet the fingers
 PLACE_CLEARANCE = 0.006     # m between a placed object's bottom and its support when released
+RETREAT_HEIGHT = 0.08       # m the gripper backs off upward after a release
 
 
 @dataclass
@@ -89,6 +90,21 @@ def planar_angle(vec: np.ndarray) -> float:
     return float(np.arctan2(vec[1], vec[0]))
 
 
+@dataclass
+class GraspSpec:
+    """How to pick one object top-down. ``obj_key`` is its ``raw_obs`` prefix (``<key>_pos``,
+    ``<key>_quat``); ``symmetry`` the period (rad) of its footprint about z, ``None`` for round ones;
+    the fingers close along column ``object_axis`` of the object's rotation; ``site`` is a MuJoCo
+    site to grasp at instead of the object origin, ``height`` (m) is added above it; ``avoid_key``
+    names a nearby object the fingers must not land on."""
+    obj_key: str
+    symmetry: Optional[float]
+    object_axis: int = 0
+    site: Optional[str] = None
+    height: float = 0.0
+    avoid_key: Optional[str] = None
+
+
 class ScriptedExpert:
     """Base class: setpoint tracking of a waypoint generator. Subclasses write :meth:`plan`.
 
@@ -113,70 +129,105 @@ class ScriptedExpert:
 
     def act(self, env) -> np.ndarray:
         """Next robosuite action (7,) = grip-site xyz, axis-angle, gripper."""
-        wp = self._waypoint
-        if wp is not None and self._advance_setpoint(env, wp):
+        if self._waypoint is not None and self._reached(env, self._waypoint):
             self._waypoint = next(self._plan, None)
             self._wait = 0
+        if self._waypoint is not None:
+            self._step_setpoint(self._waypoint)
         rot = Rotation.from_euler("z", self.yaw) * self.initial_rot
         return np.concatenate([self.setpoint, rot.as_rotvec(), [self.gripper]])
 
-    def _advance_setpoint(self, env, wp: Waypoint) -> bool:
-        """Move the setpoint one capped step toward ``wp``; True once ``wp`` is reached and settled."""
+    def _step_setpoint(self, wp: Waypoint) -> None:
+        """Move the setpoint one capped step toward ``wp``."""
         delta = wp.pos - self.setpoint
         dist = float(np.linalg.norm(delta))
         self.setpoint = wp.pos.copy() if dist <= wp.max_step else self.setpoint + delta * (wp.max_step / dist)
-        self.yaw += float(np.clip(wp.yaw - self.yaw, -MAX_YAW_STEP, MAX_YAW_STEP))
+        turn = wp.yaw - self.yaw
+        self.yaw = wp.yaw if abs(turn) <= MAX_YAW_STEP else self.yaw + float(np.sign(turn)) * MAX_YAW_STEP
         self.gripper = wp.gripper
-        if dist > wp.max_step or abs(wp.yaw - self.yaw) > 1e-9:
+
+    def _reached(self, env, wp: Waypoint) -> bool:
+        """True once the setpoint sits on ``wp``, the arm got there (or gave up) and ``settle`` passed."""
+        if np.any(self.setpoint != wp.pos) or self.yaw != wp.yaw or self.gripper != wp.gripper:
             return False
         self._wait += 1
         arrived = np.linalg.norm(env.raw_obs["robot0_eef_pos"] - wp.pos) < wp.tol
         return (arrived or self._wait > ARRIVAL_TIMEOUT) and self._wait > wp.settle
 
-    # ------------------------------------------------------------------ helpers for plans
-    def grasp_yaw(self, object_quat_xyzw: np.ndarray, symmetry: float, avoid_dir: Optional[np.ndarray] = None) -> float:
-        """Yaw (relative to reset) that squares the fingers with an object whose footprint repeats
-        every ``symmetry`` rad. Among the equivalent yaws within the wrist's comfortable range it
-        takes the one that turns the least or, given ``avoid_dir`` (xy direction from the object to
-        a nearby obstacle), the one whose fingers lie most across that direction so they miss it."""
-        obj_axis = Rotation.from_quat(object_quat_xyzw).as_matrix()[:, 0]
+    # ------------------------------------------------------------------ building blocks for plans
+    def aligning_turn(self, current: float, target: float, symmetry: Optional[float]) -> list[float]:
+        """Wrist turns (rad) that bring a planar angle ``current`` to ``target`` modulo ``symmetry``,
+        limited to the wrist's comfortable range, smallest first. ``symmetry=None``: round, no turn."""
+        if symmetry is None:
+            return [0.0]
+        base = wrap_angle(target - current, symmetry)
+        turns = [base + k * symmetry for k in range(-4, 5) if abs(self.yaw + base + k * symmetry) <= MAX_ABS_YAW]
+        return sorted(turns, key=abs)
+
+    def grasp_yaw(self, env, spec: GraspSpec) -> float:
+        """Yaw (relative to reset) that squares the fingers with the object. Among equivalent yaws it
+        takes the one that turns the least or, with an obstacle near, the one whose fingers lie most
+        across the direction to the obstacle so they miss it."""
+        obj_axis = Rotation.from_quat(env.raw_obs[spec.obj_key + "_quat"]).as_matrix()[:, spec.object_axis]
         finger = planar_angle((Rotation.from_euler("z", self.yaw) * self.initial_rot).as_matrix()[:, 0])
-        base = wrap_angle(planar_angle(obj_axis) - finger, symmetry)
-        turns = [base + k * symmetry for k in range(-3, 4) if abs(self.yaw + base + k * symmetry) <= MAX_ABS_YAW]
-        if avoid_dir is None:
-            turn = min(turns, key=abs)
-        else:
-            away = planar_angle(avoid_dir)
-            turn = max(turns, key=lambda t: abs(np.sin(finger + t - away)) - 0.1 * abs(t))
+        turns = self.aligning_turn(finger, planar_angle(obj_axis), spec.symmetry)
+        turn = turns[0]
+        if spec.avoid_key is not None:
+            away = (np.asarray(env.raw_obs[spec.avoid_key + "_pos"]) - env.raw_obs[spec.obj_key + "_pos"])[:2]
+            if np.linalg.norm(away) < OBSTACLE_RADIUS:
+                turn = max(turns, key=lambda t: abs(np.sin(finger + t - planar_angle(away))) - 0.1 * abs(t))
         return self.yaw + turn + self.params.yaw_noise
 
-    def pick(self, env, obj, obj_key: str, symmetry: float, avoid_key: Optional[str] = None) -> Iterator[Waypoint]:
-        """Grasp ``obj`` (a robosuite object; its pose in ``raw_obs[obj_key + '_pos' / '_quat']``) top-down
-        and raise it a little; on a failed grasp open, back off and try again from fresh poses.
-        ``avoid_key`` names a nearby object the fingers must not land on."""
+    def grasp_point(self, env, spec: GraspSpec) -> np.ndarray:
+        """World point (3,) the grip site closes at."""
+        if spec.site is None:
+            point = np.array(env.raw_obs[spec.obj_key + "_pos"], dtype=np.float64)
+        else:
+            sim = env.env.sim
+            point = np.array(sim.data.site_xpos[sim.model.site_name2id(spec.site)], dtype=np.float64)
+        return point + [0.0, 0.0, spec.height] + self.params.grasp_offset
+
+    def pick(self, env, obj, spec: GraspSpec) -> Iterator[Waypoint]:
+        """Grasp ``obj`` (the robosuite object) top-down and raise it a little; on a failed grasp open,
+        back off and try again from the object's new pose."""
         p = self.params
         while True:
-            obj_pos = np.array(env.raw_obs[obj_key + "_pos"])
-            avoid = None if avoid_key is None else (np.asarray(env.raw_obs[avoid_key + "_pos"]) - obj_pos)[:2]
-            if avoid is not None and np.linalg.norm(avoid) > OBSTACLE_RADIUS:
-                avoid = None
-            yaw = self.grasp_yaw(env.raw_obs[obj_key + "_quat"], symmetry, avoid)
-            target = obj_pos + p.grasp_offset
+            start_z = float(env.raw_obs[spec.obj_key + "_pos"][2])
+            yaw, target = self.grasp_yaw(env, spec), self.grasp_point(env, spec)
             yield Waypoint(target + [0, 0, p.approach_height], yaw, GRIPPER_OPEN, p.travel_step, settle=p.pause_steps, tol=0.02)
+            target = self.grasp_point(env, spec)  # again: objects may still be settling after reset
             yield Waypoint(target, yaw, GRIPPER_OPEN, p.fine_step, tol=0.006)
             yield Waypoint(target, yaw, GRIPPER_CLOSED, p.fine_step, settle=p.close_steps, tol=0.02)
             yield Waypoint(target + [0, 0, PICK_CHECK_HEIGHT], yaw, GRIPPER_CLOSED, p.fine_step, tol=0.01)
-            if self.is_grasping(env, obj) and env.raw_obs[obj_key + "_pos"][2] > obj_pos[2] + PICK_CHECK_HEIGHT / 2:
+            lifted = env.raw_obs[spec.obj_key + "_pos"][2] > start_z + PICK_CHECK_HEIGHT / 2
+            if lifted and self.is_grasping(env, obj):
                 return
             yield Waypoint(self.setpoint.copy(), self.yaw, GRIPPER_OPEN, p.fine_step, settle=5)
             yield Waypoint(self.setpoint + [0, 0, 0.05], self.yaw, GRIPPER_OPEN, p.fine_step)
+
+    def place(self, env, obj_key: str, target: np.ndarray, carry_z: float, turn: float = 0.0) -> Iterator[Waypoint]:
+        """Carry the held object (``raw_obs[obj_key + '_pos']``) at height ``carry_z`` to above ``target``
+        (3,) while turning the wrist by ``turn``, lower it to ``target``, release and back off up.
+        Targets use the measured held offset: objects sit a few mm off-centre in the fingers."""
+        p = self.params
+        eef_z = self.setpoint[2] + carry_z - env.raw_obs[obj_key + "_pos"][2]
+        yield Waypoint(np.array([*self.setpoint[:2], eef_z]), self.yaw, GRIPPER_CLOSED, p.fine_step, tol=0.02)
+        held = Rotation.from_euler("z", turn).apply(self.held_offset(env, obj_key))
+        yaw = self.yaw + turn
+        yield Waypoint(np.array([*(target[:2] + held[:2]), eef_z]), yaw, GRIPPER_CLOSED, p.travel_step, tol=0.01)
+        held = self.held_offset(env, obj_key)
+        yield Waypoint(np.array([*(target[:2] + held[:2]), eef_z]), yaw, GRIPPER_CLOSED, p.fine_step, settle=p.pause_steps, tol=0.005)
+        held = self.held_offset(env, obj_key)
+        yield Waypoint(target + held, yaw, GRIPPER_CLOSED, p.fine_step, settle=2, tol=0.005)
+        yield Waypoint(self.setpoint.copy(), yaw, GRIPPER_OPEN, p.fine_step, settle=p.close_steps)
+        yield Waypoint(self.setpoint + [0, 0, RETREAT_HEIGHT], yaw, GRIPPER_OPEN, p.fine_step)
 
     def is_grasping(self, env, obj) -> bool:
         raw = env.env
         return bool(raw._check_grasp(gripper=raw.robots[0].gripper, object_geoms=obj))
 
     def held_offset(self, env, obj_key: str) -> np.ndarray:
-        """Grip site minus held object position (3,), measured now: objects sit a few mm off-centre."""
+        """Grip site minus held object position (3,), measured now."""
         return np.asarray(env.raw_obs["robot0_eef_pos"]) - np.asarray(env.raw_obs[obj_key + "_pos"])
 
 
@@ -184,7 +235,7 @@ class LiftExpert(ScriptedExpert):
     """Lift (``lift_d0``): grasp the cube top-down and raise it; success is cube > table + 4 cm."""
 
     def plan(self, env) -> Iterator[Waypoint]:
-        yield from self.pick(env, env.env.cube, "cube", np.pi / 2)
+        yield from self.pick(env, env.env.cube, GraspSpec("cube", symmetry=np.pi / 2))
         yield Waypoint(self.setpoint + [0, 0, self.params.lift_height], self.yaw, GRIPPER_CLOSED, self.params.fine_step)
 
 
@@ -193,25 +244,58 @@ class StackExpert(ScriptedExpert):
     Success needs cubeA resting on cubeB and not grasped, so the release itself ends the episode."""
 
     def plan(self, env) -> Iterator[Waypoint]:
-        raw, p = env.env, self.params
+        raw = env.env
         half_a, half_b = raw.cubeA.size[2], raw.cubeB.size[2]
-        yield from self.pick(env, raw.cubeA, "cubeA", np.pi / 2, avoid_key="cubeB")
+        yield from self.pick(env, raw.cubeA, GraspSpec("cubeA", symmetry=np.pi / 2, avoid_key="cubeB"))
         cube_b = np.array(env.raw_obs["cubeB_pos"])
-        carry_z = cube_b[2] + half_b + 2 * half_a + p.approach_height
-        yield Waypoint(np.array([*self.setpoint[:2], carry_z]), self.yaw, GRIPPER_CLOSED, p.fine_step, tol=0.02)
-        held = self.held_offset(env, "cubeA")
-        above = np.array([*(cube_b[:2] + held[:2]), carry_z])
-        yield Waypoint(above, self.yaw, GRIPPER_CLOSED, p.travel_step, settle=p.pause_steps, tol=0.01)
-        held = self.held_offset(env, "cubeA")
-        drop_z = cube_b[2] + half_b + half_a + PLACE_CLEARANCE + held[2]
-        yield Waypoint(np.array([*(cube_b[:2] + held[:2]), drop_z]), self.yaw, GRIPPER_CLOSED, p.fine_step, settle=2, tol=0.005)
-        yield Waypoint(self.setpoint.copy(), self.yaw, GRIPPER_OPEN, p.fine_step, settle=10)
-        yield Waypoint(self.setpoint + [0, 0, 0.08], self.yaw, GRIPPER_OPEN, p.fine_step)
+        target = cube_b + [0.0, 0.0, half_b + half_a + PLACE_CLEARANCE]
+        yield from self.place(env, "cubeA", target, carry_z=target[2] + self.params.approach_height)
+
+
+class SquareExpert(ScriptedExpert):
+    """Square (``square_d0``, NutAssemblySquare): grasp the square nut by its handle, turn it square
+    with the peg, carry it above the peg, lower it around the peg and release.
+    Success is the nut's centre within 3 cm of the peg axis and below table + 5 cm."""
+
+    PEG_TOP_CLEARANCE = 0.04     # m between the nut's bottom and the peg top while carrying
+    RELEASE_HEIGHT = 0.025       # m of the nut's centre above the table when released
+
+    def plan(self, env) -> Iterator[Waypoint]:
+        raw = env.env
+        nut = raw.nuts[raw.nut_id]
+        # Fingers close across the handle (the nut's local y); the handle is thin, so grasp a bit high.
+        yield from self.pick(env, nut, GraspSpec("SquareNut", symmetry=np.pi, object_axis=1,
+                                                 site=nut.important_sites["handle"], height=0.004))
+        peg = np.array(raw.sim.data.body_xpos[raw.peg1_body_id])
+        peg_top = peg[2] + raw.sim.model.geom_size[raw.sim.model.body_geomadr[raw.peg1_body_id]][2]
+        nut_angle = planar_angle(Rotation.from_quat(env.raw_obs["SquareNut_quat"]).as_matrix()[:, 0])
+        turn = self.aligning_turn(nut_angle, 0.0, np.pi / 2)[0]  # the peg is axis-aligned
+        target = np.array([peg[0], peg[1], raw.table_offset[2] + self.RELEASE_HEIGHT])
+        yield from self.place(env, "SquareNut", target, carry_z=peg_top + self.PEG_TOP_CLEARANCE + 0.01, turn=turn)
+
+
+class PickPlaceCanExpert(ScriptedExpert):
+    """PickPlaceCan (``pick_place_d0``): grasp the can from its bin, carry it over the walls to its
+    target bin, set it down and back off (success needs the gripper away from the can)."""
+
+    CARRY_HEIGHT = 0.2           # m of the can's centre above the bins' floor while carrying
+    TARGET_JITTER = 0.02         # m random offset of the drop point within the target bin
+
+    def plan(self, env) -> Iterator[Waypoint]:
+        raw = env.env
+        can = raw.objects[raw.object_id]
+        yield from self.pick(env, can, GraspSpec("Can", symmetry=None, height=0.01))
+        drop = np.array(raw.target_bin_placements[raw.object_id], dtype=np.float64)
+        drop[:2] += self.rng.uniform(-self.TARGET_JITTER, self.TARGET_JITTER, size=2)
+        drop[2] += -can.bottom_offset[2] + PLACE_CLEARANCE
+        yield from self.place(env, "Can", drop, carry_z=raw.bin2_pos[2] + self.CARRY_HEIGHT)
 
 
 EXPERTS: Dict[str, Type[ScriptedExpert]] = {
     "lift_d0": LiftExpert,
     "stack_d0": StackExpert,
+    "square_d0": SquareExpert,
+    "pick_place_d0": PickPlaceCanExpert,
 }
 
 

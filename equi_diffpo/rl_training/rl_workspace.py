@@ -1,0 +1,164 @@
+"""RL workspace: pretrained checkpoint -> PPO fine-tuning loop (collect -> GAE -> update -> log).
+
+Saved state (``<run_dir>/checkpoints/{latest,epoch_XXXX}.ckpt``, atomic): the fine-tuned base
+policy as ``model`` (so ``scripts/eval_policy.py`` loads it like a BC checkpoint), the RL policy
+(base + noise head), critic, PPO optimizers/schedulers, reward scaler, cfg, epoch and env-step
+counter. ``training.resume=true`` (default) continues from ``latest.ckpt`` in the run dir.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm import tqdm
+
+from equi_diffpo.common.checkpoint_io import CheckpointError, load_policy
+from equi_diffpo.common.distributed import DistInfo, broadcast_module, cleanup_distributed, init_distributed
+from equi_diffpo.common.run_logger import RunLogger
+from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
+from equi_diffpo.model.value_head import ValueHead
+from equi_diffpo.policy.maniflow_rl_policy import ManiFlowRLPolicy
+from equi_diffpo.rl_training.critic import NormalizedCritic
+from equi_diffpo.rl_training.ppo_trainer import PPOBatch, PPOConfig, PPOTrainer, compute_gae
+from equi_diffpo.rl_training.reward_scaling import RunningRewardScaler
+from equi_diffpo.rl_training.rl_rollout_collector import RLRolloutCollector, RolloutBatch
+from equi_diffpo.workspace.base_workspace import BaseWorkspace, resolve_device, set_seed
+
+
+def check_checkpoint_task(ckpt_cfg: DictConfig, cfg: DictConfig, path: str) -> None:
+    """Demos, BC and RL must share task and point-cloud source: say which key differs."""
+    ckpt_task = ckpt_cfg.get("task", {})
+    problems = []
+    if ckpt_task.get("name") not in (None, cfg.task.name):
+        problems.append(f"task_name: checkpoint {ckpt_task.get('name')!r} vs requested {cfg.task.name!r}")
+    ckpt_source = ckpt_task.get("point_cloud", {}).get("source")
+    if ckpt_source not in (None, cfg.task.point_cloud.source):
+        problems.append(f"task.point_cloud.source: checkpoint {ckpt_source!r} vs requested {cfg.task.point_cloud.source!r}")
+    if problems:
+        raise CheckpointError(f"checkpoint {path!r} does not match this run:\n  " + "\n  ".join(problems))
+
+
+def rollout_to_ppo_batch(rollout: RolloutBatch, rewards: np.ndarray, gamma: float, gae_lambda: float) -> PPOBatch:
+    """GAE over the collected episodes, packed as torch tensors for the trainer."""
+    t = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
+    gae = compute_gae(t(rewards), t(rollout.values), t(rollout.next_values), t(rollout.terminated),
+                      t(rollout.episode_end), gamma, gae_lambda)
+    return PPOBatch(obs={k: t(v) for k, v in rollout.obs.items()}, chains=t(rollout.chains),
+                    log_probs=t(rollout.log_probs), values=t(rollout.values),
+                    advantages=gae.advantages, returns=gae.returns)
+
+
+class RLWorkspace(BaseWorkspace):
+    pickle_keys = ("global_step", "epoch", "env_steps")
+
+    def __init__(self, cfg: DictConfig, output_dir: Optional[str] = None):
+        super().__init__(cfg, output_dir)
+        self.device = resolve_device(cfg.training.device)
+        self.dist: DistInfo = init_distributed(self.device)
+        if self.dist.world_size > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        set_seed(cfg.training.seed + self.dist.rank)
+        self.env_steps = 0
+        task = cfg.task
+        base, ckpt_cfg, _ = load_policy(cfg.pretrained_policy_path, self.device, expected_config={
+            "point_dim": task.point_dim, "agent_pos_dim": task.agent_pos_dim, "action_dim": task.action_dim})
+        check_checkpoint_task(ckpt_cfg, cfg, cfg.pretrained_policy_path)
+        with open_dict(cfg):  # record the real architecture so this run's checkpoints rebuild it
+            cfg.policy = ckpt_cfg.policy
+        self.model = base
+        self.rl_policy = ManiFlowRLPolicy(base, **cfg.rl_policy).to(self.device)
+        value_head = ValueHead(task.point_dim, task.agent_pos_dim, cfg.policy.n_obs_steps, **cfg.critic)
+        self.critic = NormalizedCritic(value_head, base.normalizer, cfg.policy.n_obs_steps).to(self.device)
+        broadcast_module(self.rl_policy)
+        broadcast_module(self.critic)
+        ppo_cfg = PPOConfig.from_dict(OmegaConf.to_container(cfg.rl_training.ppo_trainer, resolve=True))
+        if ppo_cfg.lr_schedule != "constant":
+            ppo_cfg.total_epochs = cfg.rl_training.num_epochs
+        self.trainer = PPOTrainer(self.rl_policy, self.critic, ppo_cfg)
+        self.reward_scaler = RunningRewardScaler(ppo_cfg.gamma) if cfg.rl_training.reward_scaling else None
+        self.ppo_cfg = ppo_cfg
+
+    # ------------------------------------------------------------------ pieces
+    def make_collector(self) -> RLRolloutCollector:
+        rc = self.cfg.rl_training.rollout_collector
+        return RLRolloutCollector(self.cfg.task, self.output_dir, n_episodes_per_batch=rc.n_episodes_per_batch,
+                                  n_envs=rc.n_envs, max_episode_steps=rc.max_episode_steps,
+                                  render_episodes=rc.render_episodes if self.dist.is_main else 0,
+                                  render_size=rc.render_size, n_obs_steps=self.cfg.policy.n_obs_steps,
+                                  seed=self.cfg.training.seed * 7919 + self.epoch * 104729 + self.dist.rank, vec_mode=rc.vec_mode)
+
+    def make_val_runner(self) -> PointCloudEnvRunner:
+        rc = self.cfg.rl_training.rollout_collector
+        return PointCloudEnvRunner(self.cfg.task, self.output_dir, n_episodes=self.cfg.rl_training.n_val_episodes,
+                                   n_envs=rc.n_envs, n_videos=0, max_episode_steps=rc.max_episode_steps,
+                                   n_obs_steps=self.cfg.policy.n_obs_steps, vec_mode=rc.vec_mode)
+
+    def train_epoch(self, collector: RLRolloutCollector) -> Dict[str, Any]:
+        """One RL epoch: collect a batch of whole episodes, then one PPO update."""
+        rollout = collector.collect(self.rl_policy, self.critic, tag=f"rollout{self.epoch:04d}")
+        rewards = self.reward_scaler(rollout.rewards, rollout.episode_end) if self.reward_scaler else rollout.rewards
+        batch = rollout_to_ppo_batch(rollout, rewards, self.ppo_cfg.gamma, self.ppo_cfg.gae_lambda).to(self.device)
+        start = time.time()
+        self.rl_policy.train()
+        self.critic.train()
+        stats = self.trainer.update(batch, self.epoch)
+        self.trainer.scheduler_step()
+        update_seconds = time.time() - start
+        self.env_steps += rollout.env_steps * self.dist.world_size
+        self.global_step += 1
+        metrics: Dict[str, Any] = {**rollout.metrics(), **stats.as_dict(), "perf/update_seconds": update_seconds,
+                                   "perf/env_steps": self.env_steps, "charts/epoch": self.epoch,
+                                   "charts/SPS": rollout.env_steps / (rollout.seconds + update_seconds)}
+        metrics["video_paths"] = rollout.video_paths
+        return metrics
+
+    def validate(self, runner: PointCloudEnvRunner) -> Dict[str, Any]:
+        """Deterministic flow (no chain noise) success rate on fixed evaluation seeds."""
+        metrics = runner.run(self.model, tag=f"val{self.epoch:04d}")
+        return {k: v for k, v in metrics.items() if k.startswith("eval/")}
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> Dict[str, Any]:
+        cfg, rl = self.cfg, self.cfg.rl_training
+        if cfg.training.resume and self.latest_checkpoint():
+            self.load_checkpoint()
+            print(f"resumed from {self.latest_checkpoint()} at epoch {self.epoch} ({self.env_steps} env steps)")
+        main = self.dist.is_main
+        logger = RunLogger(self.output_dir, cfg.logging, cfg, enabled=main)
+        collector = self.make_collector()
+        runner = self.make_val_runner() if main and rl.val_every else None
+        metrics: Dict[str, Any] = {}
+        try:
+            if runner is not None and self.epoch == 0:
+                metrics = self.validate(runner)
+                logger.log(metrics, step=self.env_steps)
+                print(f"before RL: success {metrics['eval/success_rate']:.2f}")
+            bar = tqdm(range(self.epoch, rl.num_epochs), desc="RL epochs", disable=not main)
+            for _ in bar:
+                metrics = self.train_epoch(collector)
+                self.epoch += 1
+                last = self.epoch == rl.num_epochs
+                if runner is not None and (self.epoch % rl.val_every == 0 or last):
+                    metrics.update(self.validate(runner))
+                logger.log(metrics, step=self.env_steps)
+                bar.set_postfix(success=f"{metrics['charts/success_rate']:.2f}", steps=self.env_steps)
+                if main and rl.checkpoint_every and (self.epoch % rl.checkpoint_every == 0 or last):
+                    self.save_checkpoint()
+                    self.save_checkpoint(f"epoch_{self.epoch:04d}")
+        except KeyboardInterrupt:
+            if main:
+                print(f"\ninterrupted: saved {self.save_checkpoint()}; rerun with hydra.run.dir={self.output_dir} to resume")
+            raise
+        except FloatingPointError as err:
+            raise FloatingPointError(f"{err}\nlast good checkpoint: {self.latest_checkpoint()}") from err
+        finally:
+            collector.close()
+            if runner is not None:
+                runner.close()
+            logger.finish()
+            cleanup_distributed()
+        return metrics
