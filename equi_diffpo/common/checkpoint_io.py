@@ -97,3 +97,13 @@ def load_policy(path: str, device: str | torch.device = "cpu", expected_config: 
     check_state_dict_compatible(policy, state, path, key)
     policy.load_state_dict(state)
     return policy.to(device), cfg, payload
+
+
+def export_policy_checkpoint(src: str, dst: str) -> str:
+    """Slim copy of a workspace checkpoint for shipping/sharing: cfg + the policy weights only
+    (``ema_model`` if present, else ``model``, stored as ``ema_model``); no optimizer state."""
+    payload = load_payload(src)
+    key = "ema_model" if "ema_model" in payload["state_dicts"] else "model"
+    slim = {"cfg": payload["cfg"], "state_dicts": {"ema_model": payload["state_dicts"][key]},
+            "pickles": {k: v for k, v in payload.get("pickles", {}).items() if k in ("epoch", "global_step", "env_steps")}}
+    return atomic_torch_save(slim, dst)

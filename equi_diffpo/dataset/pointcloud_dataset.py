@@ -3,7 +3,7 @@
 Each item is one ``horizon``-long window of an episode::
 
     {'obs': {'point_cloud': (horizon, N, C) float32, 'agent_pos': (horizon, 9) float32},
-     'action': (horizon, 7) float32}
+     'action': (horizon, 10) float32}
 
 The policy uses the first ``n_obs_steps`` observation frames and all ``horizon`` actions. Datasets
 are small (tens to hundreds of demos), so everything is read into memory once: random access into

@@ -117,7 +117,9 @@ def _geom_surface_area(model: mujoco.MjModel, geom: int) -> float:
         return float(8 * (size[0] * size[1] + size[0] * size[2] + size[1] * size[2]))
     if gtype in (mujoco.mjtGeom.mjGEOM_CYLINDER, mujoco.mjtGeom.mjGEOM_CAPSULE):
         return float(2 * np.pi * size[0] * (2 * size[1]) + 2 * np.pi * size[0] ** 2)
-    if gtype in (mujoco.mjtGeom.mjGEOM_SPHERE, mujoco.mjtGeom.mjGEOM_ELLIPSOID):
+    if gtype == mujoco.mjtGeom.mjGEOM_SPHERE:   # only size[0] (the radius) is set for spheres
+        return float(4 * np.pi * size[0] ** 2)
+    if gtype == mujoco.mjtGeom.mjGEOM_ELLIPSOID:
         return float(4 * np.pi * np.mean(size) ** 2)
     return 0.0  # planes, height fields: never part of a cropped workspace cloud
 

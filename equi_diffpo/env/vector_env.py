@@ -95,6 +95,7 @@ class VectorEnv:
             except (BrokenPipeError, OSError):
                 sent.append(False)
         results: List[Optional[ChunkResult]] = []
+        errors: List[str] = []
         for i, ok in zip(env_ids, sent):
             try:
                 if not ok:
@@ -105,8 +106,10 @@ class VectorEnv:
                 results.append(None)
                 continue
             if status == "error":
-                raise EnvWorkerError(f"env {i} raised in {method}:\n{payload}")
+                errors.append(f"env {i} raised in {method}:\n{payload}")
             results.append(payload)
+        if errors:  # raised only after every reply is read, so no stale reply awaits the next call
+            raise EnvWorkerError("\n".join(errors))
         return results
 
     def reset(self, env_ids: Sequence[int], seeds: Sequence[Optional[int]], render: Sequence[bool]) -> List[Optional[ChunkResult]]:
