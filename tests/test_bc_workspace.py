@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from conftest import BC_CHECKPOINT_EVERY, BC_STEPS, bc_overrides, compose_cfg, read_metrics
+from conftest import BC_CHECKPOINT_EVERY, BC_STEPS, MAX_EPISODE_STEPS, bc_overrides, compose_cfg, read_metrics
 from equi_diffpo.common.checkpoint_io import load_payload, load_policy
 from equi_diffpo.dataset import PointCloudDataset
+from equi_diffpo.workspace.base_workspace import set_seed
 from equi_diffpo.workspace.train_maniflow_workspace import TrainManiFlowWorkspace
 
 torch.set_num_threads(1)
@@ -31,7 +32,7 @@ def paired_loss(policy, batch: dict, seeds=range(4)) -> float:
 
 def test_loss_decreases_over_training(tiny_bc_run):
     trained, cfg, _ = load_policy(tiny_bc_run.checkpoint)
-    torch.manual_seed(123)
+    set_seed(cfg.training.seed)                         # the very weights the run started from
     untrained = hydra.utils.instantiate(cfg.policy)
     untrained.set_normalizer(trained.normalizer)       # the data statistics are not what is learnt
     dataset = PointCloudDataset(**cfg.dataset)
@@ -62,8 +63,10 @@ def test_resume_continues_from_saved_epoch(tiny_bc_run, tmp_path):
     shutil.copytree(tiny_bc_run.output_dir, run_dir)
     saved_epoch = tiny_bc_run.epoch
     steps_per_epoch = BC_STEPS // saved_epoch
+    # Also exercises the periodic rollout evaluation (one inline episode, no video).
     cfg = compose_cfg("train_maniflow_pointcloud", bc_overrides(
-        tiny_bc_run.dataset, resume="true", num_epochs=saved_epoch + 1, max_train_steps=None, checkpoint_every=1))
+        tiny_bc_run.dataset, resume="true", num_epochs=saved_epoch + 1, max_train_steps=None, checkpoint_every=1,
+        rollout_every=1) + ["eval.n_episodes=1", "eval.n_envs=1", "eval.n_videos=0"])
     workspace = TrainManiFlowWorkspace(cfg, output_dir=run_dir)
     workspace.run()
 
@@ -73,6 +76,7 @@ def test_resume_continues_from_saved_epoch(tiny_bc_run, tmp_path):
     # One new row, for the one new epoch; a restart from 0 would log epochs 0.. again.
     assert [r["train/epoch"] for r in rows] == list(range(saved_epoch + 1))
     assert rows[-1]["step"] == BC_STEPS + steps_per_epoch
+    assert rows[-1]["eval/n_episodes"] == 1 and 0 < rows[-1]["eval/mean_length"] <= MAX_EPISODE_STEPS
     new_ckpt = load_payload(os.path.join(run_dir, "checkpoints", f"epoch_{saved_epoch + 1:04d}.ckpt"))
     assert new_ckpt["pickles"]["epoch"] == saved_epoch + 1
     # The optimizer state came along too (AdamW's step count continues).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 
 import dill
 import hydra
@@ -122,6 +123,17 @@ def test_atomic_save_leaves_no_tmp_and_keeps_old_file_on_failure(tmp_path):
     # A failed write neither truncates the previous checkpoint nor leaves its temp file around.
     assert torch.load(path, pickle_module=dill, weights_only=False)["pickles"]["epoch"] == 1
     assert sorted(os.listdir(tmp_path / "ckpts")) == ["latest.ckpt"]
+
+
+def test_atomic_save_uses_umask_permissions_like_torch_save(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        atomic = atomic_torch_save({"x": 1}, str(tmp_path / "atomic.ckpt"))
+        torch.save({"x": 1}, str(tmp_path / "plain.ckpt"))
+    finally:
+        os.umask(old_umask)
+    # The temp file's private 0600 mode must not leak into the final checkpoint.
+    assert stat.S_IMODE(os.stat(atomic).st_mode) == stat.S_IMODE(os.stat(tmp_path / "plain.ckpt").st_mode) == 0o644
 
 
 def test_export_keeps_only_ema_model_and_loads(tiny_bc_run, tmp_path):

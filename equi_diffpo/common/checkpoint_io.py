@@ -28,6 +28,11 @@ def atomic_torch_save(payload: Dict[str, Any], path: str) -> str:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     os.close(fd)
     try:
+        # mkstemp creates 0600 files; give the checkpoint the permissions a plain torch.save would
+        # (umask-based), so collaborators on shared storage can read it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         torch.save(payload, tmp, pickle_module=dill)
         os.replace(tmp, path)
     finally:

@@ -257,6 +257,7 @@ class SquareExpert(ScriptedExpert):
 
     PEG_TOP_CLEARANCE = 0.04     # m between the nut's bottom and the peg top while carrying
     NUT_HALF_THICKNESS = 0.01    # m, the nut's geoms are 2 cm tall
+    REACH_SLACK = 0.02           # m the gripper may end farther from the robot base than the peg
     RELEASE_HEIGHT = 0.025       # m of the nut's centre above the table when released
 
     def plan(self, env) -> Iterator[Waypoint]:
@@ -268,11 +269,26 @@ class SquareExpert(ScriptedExpert):
                                             site=nut.important_sites["handle"], offset=(0.01, 0.0, 0.01)))
         peg = np.array(raw.sim.data.body_xpos[raw.peg1_body_id])
         peg_top = peg[2] + raw.sim.model.geom_size[raw.sim.model.body_geomadr[raw.peg1_body_id]][2]
-        nut_angle = planar_angle(Rotation.from_quat(env.raw_obs["SquareNut_quat"]).as_matrix()[:, 0])
-        turn = self.aligning_turn(nut_angle, 0.0, np.pi / 2)[0]  # the peg is axis-aligned
         target = np.array([peg[0], peg[1], raw.table_offset[2] + self.RELEASE_HEIGHT])
+        turn = self.peg_turn(env, peg)
         yield from self.place(env, "SquareNut", target, carry_z=peg_top + self.PEG_TOP_CLEARANCE + self.NUT_HALF_THICKNESS,
                               turn=turn)
+
+
+    def peg_turn(self, env, peg: np.ndarray) -> float:
+        """Wrist turn that squares the nut with the (axis-aligned) peg. Of the four, the smallest one
+        that doesn't leave the handle, and so the gripper, beyond the peg as seen from the robot:
+        there the arm is at the edge of its reach and tracks its target only within centimetres."""
+        nut_angle = planar_angle(Rotation.from_quat(env.raw_obs["SquareNut_quat"]).as_matrix()[:, 0])
+        held = self.held_offset(env, "SquareNut")
+        base = robot_base_xy(env.env)
+        peg_reach = np.linalg.norm(peg[:2] - base)
+        turns = self.aligning_turn(nut_angle, 0.0, np.pi / 2)
+        for turn in turns:
+            grip_xy = peg[:2] + Rotation.from_euler("z", turn).apply(held)[:2]
+            if np.linalg.norm(grip_xy - base) < peg_reach + self.REACH_SLACK:
+                return turn
+        return turns[0]
 
 
 class PickPlaceCanExpert(ScriptedExpert):
@@ -291,10 +307,15 @@ class PickPlaceCanExpert(ScriptedExpert):
         yield from self.pick(env, GraspSpec("Can", symmetry=None, offset=(0.0, 0.0, 0.01)))
         lo, hi = target_bin_region(raw, raw.object_id)
         lo, hi = lo + self.BIN_MARGIN, hi - self.BIN_MARGIN
-        base = raw.sim.data.body_xpos[raw.sim.model.body_name2id(raw.robots[0].robot_model.root_body)][:2]
-        drop_xy = np.clip(np.clip(base, lo, hi) + self.rng.uniform(-self.TARGET_JITTER, self.TARGET_JITTER, size=2), lo, hi)
+        drop_xy = np.clip(np.clip(robot_base_xy(raw), lo, hi) + self.rng.uniform(-self.TARGET_JITTER, self.TARGET_JITTER, size=2), lo, hi)
         drop = np.array([*drop_xy, raw.bin2_pos[2] - can.bottom_offset[2] + PLACE_CLEARANCE])
         yield from self.place(env, "Can", drop, carry_z=raw.bin2_pos[2] + self.CARRY_HEIGHT)
+
+
+def robot_base_xy(raw_env) -> np.ndarray:
+    """xy (2,) of the robot's base body in the world."""
+    sim = raw_env.sim
+    return np.array(sim.data.body_xpos[sim.model.body_name2id(raw_env.robots[0].robot_model.root_body)][:2])
 
 
 def target_bin_region(raw_env, bin_id: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,101 @@
+"""Every user-facing command runs end to end as a subprocess (the venv's python, cwd = repo root,
+all outputs under tmp_path): BC training, RL training, the RL smoke test in both modes,
+evaluation, checkpoint export, and the errors users see for a bad checkpoint path or task name."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import List
+
+import pytest
+
+from conftest import PYTHON, REPO_ROOT, TINY_RL, bc_overrides
+from equi_diffpo.common.checkpoint_io import load_payload
+
+VALID_TASKS = ("lift_d0", "pick_place_d0", "square_d0", "stack_d0")
+
+
+def run_cmd(args: List[str], tmp_path, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` from the repo root with temp files, wandb and threads kept local."""
+    env = dict(os.environ, MUJOCO_GL="egl", WANDB_MODE="disabled", HYDRA_FULL_ERROR="1",
+               OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
+    return subprocess.run([PYTHON, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def explain(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+
+
+def rl_args(checkpoint: str) -> List[str]:
+    return TINY_RL + [f"pretrained_policy_path={checkpoint}"]
+
+
+def test_train_bc_two_steps(tiny_dataset, tmp_path):
+    run_dir = tmp_path / "bc"
+    proc = run_cmd(["scripts/train.py", *bc_overrides(tiny_dataset, max_train_steps=2), f"hydra.run.dir={run_dir}"],
+                   tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    payload = load_payload(str(run_dir / "checkpoints" / "latest.ckpt"))
+    assert payload["pickles"] == {"global_step": 2, "epoch": 1}
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_train_rl_one_epoch(tiny_checkpoint, tmp_path):
+    run_dir = tmp_path / "rl"
+    proc = run_cmd(["scripts/train_rl.py", *rl_args(tiny_checkpoint), f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    payload = load_payload(str(run_dir / "checkpoints" / "latest.ckpt"))
+    assert payload["pickles"]["epoch"] == 1 and payload["pickles"]["env_steps"] > 0
+    assert payload["cfg"].pretrained_policy_path == tiny_checkpoint
+    assert (run_dir / "metrics.jsonl").is_file()
+
+
+@pytest.mark.parametrize("mode", [[], ["training"]], ids=["rollout", "training"])
+def test_rl_rollout_smoke_test(tiny_checkpoint, tmp_path, mode):
+    proc = run_cmd(["test_rl_rollout.py", *mode, *rl_args(tiny_checkpoint)], tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "OK", explain(proc)
+    assert any(line.startswith("episodes 2 |") for line in lines), explain(proc)
+    if mode:
+        assert "policy_loss" in proc.stdout and "update" in proc.stdout
+    # Its scratch run folder landed in our TMPDIR, not in the repo.
+    assert any(p.name.startswith("test_rl_rollout_") for p in tmp_path.iterdir())
+
+
+def test_rl_rollout_missing_checkpoint_exits_1(tmp_path):
+    missing = str(tmp_path / "missing.ckpt")
+    proc = run_cmd(["test_rl_rollout.py", *TINY_RL, f"pretrained_policy_path={missing}"], tmp_path)
+    assert proc.returncode == 1, explain(proc)
+    assert missing in proc.stdout + proc.stderr
+    assert "FAILED" in proc.stdout
+
+
+def test_eval_policy_writes_eval_json(tiny_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    proc = run_cmd(["scripts/eval_policy.py", f"checkpoint={tiny_checkpoint}", "n_episodes=2", "n_envs=1",
+                    "n_videos=0", "vec_mode=inline", f"output_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}"],
+                   tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    result = json.loads((out / "eval.json").read_text())
+    assert result["eval/n_episodes"] == 2 and len(result["episodes"]) == 2
+    assert 0.0 <= result["eval/success_rate"] <= 1.0
+    assert result["task_name"] == "lift_d0" and result["checkpoint"] == tiny_checkpoint
+    assert "lift_d0: success" in proc.stdout
+
+
+def test_export_checkpoint_script(tiny_checkpoint, tmp_path):
+    dst = tmp_path / "shipped" / "lift_d0_tiny.ckpt"
+    proc = run_cmd(["scripts/export_checkpoint.py", tiny_checkpoint, str(dst)], tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    assert list(load_payload(str(dst))["state_dicts"]) == ["ema_model"]
+
+
+@pytest.mark.parametrize("script", ["scripts/train.py", "scripts/train_rl.py", "test_rl_rollout.py"])
+def test_unknown_task_name_lists_valid_names(script, tmp_path):
+    proc = run_cmd([script, "task_name=foo", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode != 0, explain(proc)
+    assert "task_name='foo'" in proc.stderr, explain(proc)
+    assert all(name in proc.stderr for name in VALID_TASKS), explain(proc)
+    assert not (tmp_path / "run").exists()
