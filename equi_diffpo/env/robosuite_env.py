@@ -110,8 +110,12 @@ class RobosuitePointCloudEnv:
         """Reseed object placement and point-cloud downsampling (robosuite keeps its rng on the env)."""
         self._rng = np.random.default_rng(seed)
         self.env.rng = np.random.default_rng(seed)
-        if getattr(self.env, "placement_initializer", None) is not None:
-            self.env.placement_initializer.rng = self.env.rng
+        sampler = getattr(self.env, "placement_initializer", None)
+        if sampler is not None:
+            sampler.rng = self.env.rng
+            # SequentialCompositeSampler (square, pick_place) keeps one rng per inner sampler.
+            for inner in getattr(sampler, "samplers", {}).values():
+                inner.rng = self.env.rng
 
     def reset(self, seed: Optional[int] = None) -> Dict[str, np.ndarray]:
         if seed is not None:

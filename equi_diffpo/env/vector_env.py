@@ -13,7 +13,9 @@ import traceback
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
+from equi_diffpo.common.threads import single_threaded_children
 from equi_diffpo.env.chunked_env import ChunkedEnv, ChunkResult
 
 
@@ -67,7 +69,8 @@ class VectorEnv:
     def _start(self, i: int) -> None:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_worker, args=(child, self._kwargs[i]), daemon=True)
-        proc.start()
+        with single_threaded_children():
+            proc.start()
         child.close()
         self._procs[i], self._conns[i] = proc, parent
 
@@ -82,6 +85,11 @@ class VectorEnv:
             self._procs[i].kill()
         self._start(i)
         self._expect_ready(i)
+
+    @property
+    def policy_threads(self) -> int:
+        """Torch threads for the policy process while workers step (see common/threads.py)."""
+        return 1 if self.mode == "process" else torch.get_num_threads()
 
     def call(self, method: str, env_ids: Sequence[int], args: Sequence[tuple]) -> List[Optional[ChunkResult]]:
         """Run ``ChunkedEnv.<method>(*args[j])`` on env ``env_ids[j]``; ``None`` marks a crashed worker."""

@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from equi_diffpo.common.threads import torch_threads
 from equi_diffpo.env.chunked_env import ChunkResult
 from equi_diffpo.env.vector_env import VectorEnv
 
@@ -45,6 +46,12 @@ def run_episodes(vec_env: VectorEnv, n_episodes: int, policy_step: PolicyStep, s
                  progress: Optional[Callable[[int], None]] = None) -> List[Episode]:
     """Collect ``n_episodes`` episodes; episode ``i`` uses ``seeds[i]`` (len(seeds) >= n_episodes
     plus spares for crash replacements) and is rendered if ``i < render_episodes``."""
+    with torch_threads(vec_env.policy_threads):
+        return _run_episodes(vec_env, n_episodes, policy_step, seeds, render_episodes, keep_steps, progress)
+
+
+def _run_episodes(vec_env: VectorEnv, n_episodes: int, policy_step: PolicyStep, seeds: Sequence[int],
+                  render_episodes: int, keep_steps: bool, progress: Optional[Callable[[int], None]]) -> List[Episode]:
     started = 0
     active: Dict[int, Episode] = {}                  # env id -> running episode
     obs: Dict[int, Dict[str, np.ndarray]] = {}
