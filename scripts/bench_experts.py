@@ -11,25 +11,16 @@ from typing import Dict
 
 import numpy as np
 
+from equi_diffpo.common.hydra_cli import parse_key_values
 from equi_diffpo.env.robosuite_env import RobosuitePointCloudEnv
 from equi_diffpo.env.scripted_experts import get_expert, run_episode
 
 DEFAULTS: Dict[str, str] = {"task_name": "lift_d0", "n_episodes": "50", "n_points": "256", "source": "mesh", "verbose": "0"}
 
 
-def parse_overrides(argv: list[str]) -> Dict[str, str]:
-    """``key=value`` arguments over :data:`DEFAULTS`; unknown keys are an error naming the valid ones."""
-    args = dict(DEFAULTS)
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in DEFAULTS:
-            raise SystemExit(f"bad argument {item!r}; expected key=value with key in {sorted(DEFAULTS)}")
-        args[key] = value
-    return args
-
 
 def main() -> None:
-    args = parse_overrides(sys.argv[1:])
+    args = parse_key_values(sys.argv[1:], DEFAULTS)
     env = RobosuitePointCloudEnv(args["task_name"], {"source": args["source"], "n_points": int(args["n_points"])}, seed=0)
     expert = get_expert(args["task_name"])
     results = []

@@ -22,6 +22,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from equi_diffpo.env.point_cloud import CameraPointCloud, MeshPointCloud, PointCloudConfig, downsample_points
+from equi_diffpo.common.hydra_cli import parse_key_values
 from equi_diffpo.env.robosuite_env import RobosuitePointCloudEnv
 from equi_diffpo.env.rotation import env_action_to_policy_action
 from equi_diffpo.env.vector_env import VectorEnv
@@ -40,16 +41,6 @@ class Row:
     def per_s(self) -> float:
         return 1000.0 / self.ms
 
-
-def parse_overrides(argv: List[str]) -> Dict[str, str]:
-    """``key=value`` arguments over :data:`DEFAULTS`; unknown keys are an error naming the valid ones."""
-    args = dict(DEFAULTS)
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in DEFAULTS:
-            raise SystemExit(f"bad argument {item!r}; expected key=value with key in {sorted(DEFAULTS)}")
-        args[key] = value
-    return args
 
 
 def wobble_actions(agent_pos: np.ndarray, n: int) -> np.ndarray:
@@ -157,7 +148,7 @@ def markdown_table(rows: List[Row]) -> str:
 
 
 def main() -> None:
-    args = parse_overrides(sys.argv[1:])
+    args = parse_key_values(sys.argv[1:], DEFAULTS)
     task_name, n_steps, n_points = args["task_name"], int(args["n_steps"]), int(args["n_points"])
     if n_steps < N_ACTION_STEPS:
         raise SystemExit(f"n_steps must be at least {N_ACTION_STEPS} (one action chunk)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
-from typing import List
+from typing import Dict, List
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "config"
 
@@ -31,3 +31,15 @@ def route_task_name(argv: List[str] | None = None) -> None:
         argv.append(f"task={name}")
 
 
+
+
+def parse_key_values(argv: List[str], defaults: Dict[str, str]) -> Dict[str, str]:
+    """``key=value`` arguments of the small benchmark scripts over ``defaults``; an unknown key
+    is an error naming the valid ones (same spelling as hydra overrides, without hydra's start-up)."""
+    args = dict(defaults)
+    for item in argv:
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults:
+            raise SystemExit(f"bad argument {item!r}; expected key=value with key in {sorted(defaults)}")
+        args[key] = value
+    return args

@@ -56,8 +56,8 @@ def apply_fast_render_settings(env, size: int) -> None:
         ctx.scn.flags[flag] = 0
     model.vis.quality.offsamples = 0
     model.vis.quality.shadowsize = 256
-    model.vis.global_.offwidth = max(size, model.vis.global_.offwidth if size > 640 else size)
-    model.vis.global_.offheight = max(size, model.vis.global_.offheight if size > 480 else size)
+    model.vis.global_.offwidth = size    # every render of this env is at most ``size`` square
+    model.vis.global_.offheight = size
     ctx._set_mujoco_context_and_buffers()
 
 
@@ -86,9 +86,9 @@ class RobosuitePointCloudEnv:
         self.env_name = resolve_env_name(self.spec)
         self.env = robosuite.make(self.env_name, seed=seed, **self.env_kwargs)
         self._rng = np.random.default_rng(seed)
-        if use_camera:
+        if self.env.has_offscreen_renderer:  # depth cameras and/or videos
             self.env.reset()  # creates the offscreen context that the fast settings rebuild
-            apply_fast_render_settings(self.env, max(self.pc_cfg.camera_size, render_size or 0))
+            apply_fast_render_settings(self.env, max(self.pc_cfg.camera_size if use_camera else 0, render_size or 0))
         self._mesh_cloud = MeshPointCloud(self.env.sim.model._model, self.pc_cfg, seed=0) if not use_camera else None
         self._camera_cloud = CameraPointCloud(self.pc_cfg) if use_camera else None
         self.raw_obs: Dict[str, np.ndarray] = {}
