@@ -6,21 +6,22 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from typing import List
+from typing import List, Optional
 
 import pytest
 
-from conftest import PYTHON, REPO_ROOT, TINY_RL, bc_overrides
+from conftest import MAX_EPISODE_STEPS, PYTHON, REPO_ROOT, TINY_RL, bc_overrides
 from equi_diffpo.common.checkpoint_io import load_payload
 
 VALID_TASKS = ("lift_d0", "pick_place_d0", "square_d0", "stack_d0")
 
 
-def run_cmd(args: List[str], tmp_path, timeout: int = 120) -> subprocess.CompletedProcess:
-    """Run ``python <args>`` from the repo root with temp files, wandb and threads kept local."""
+def run_cmd(args: List[str], tmp_path, timeout: int = 120, launcher: Optional[List[str]] = None) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` (or ``<launcher> <args>``) from the repo root with temp files, wandb
+    and threads kept local."""
     env = dict(os.environ, MUJOCO_GL="egl", WANDB_MODE="disabled", HYDRA_FULL_ERROR="1",
                OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
-    return subprocess.run([PYTHON, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*(launcher or [PYTHON]), *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def explain(proc: subprocess.CompletedProcess) -> str:
@@ -49,6 +50,18 @@ def test_train_rl_one_epoch(tiny_checkpoint, tmp_path):
     assert payload["pickles"]["epoch"] == 1 and payload["pickles"]["env_steps"] > 0
     assert payload["cfg"].pretrained_policy_path == tiny_checkpoint
     assert (run_dir / "metrics.jsonl").is_file()
+
+
+def test_train_rl_torchrun_two_ranks(tiny_checkpoint, tmp_path):
+    """torchrun on CPU (gloo): both ranks collect, rank 0 alone writes; env steps count both ranks."""
+    run_dir = tmp_path / "ddp"
+    torchrun = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533"]
+    proc = run_cmd(["scripts/train_rl.py", *rl_args(tiny_checkpoint), f"hydra.run.dir={run_dir}"], tmp_path,
+                   launcher=torchrun)
+    assert proc.returncode == 0, explain(proc)
+    single_rank_steps = 2 * MAX_EPISODE_STEPS  # 2 truncated episodes per rank
+    assert load_payload(str(run_dir / "checkpoints" / "latest.ckpt"))["pickles"]["env_steps"] == 2 * single_rank_steps
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 @pytest.mark.parametrize("mode", [[], ["training"]], ids=["rollout", "training"])
