@@ -71,6 +71,9 @@ class RLWorkspace(BaseWorkspace):
             cfg.policy = ckpt_cfg.policy
         self.model = base
         self.rl_policy = ManiFlowRLPolicy(base, **cfg.rl_policy).to(self.device)
+        # Policy-gradient noise on the point-cloud features can wreck a pretrained encoder:
+        # by default PPO tunes the velocity net and noise head only.
+        base.obs_encoder.requires_grad_(bool(cfg.rl_training.finetune_obs_encoder))
         value_head = ValueHead(task.point_dim, task.agent_pos_dim, cfg.policy.n_obs_steps, **cfg.critic)
         self.critic = NormalizedCritic(value_head, base.normalizer, cfg.policy.n_obs_steps).to(self.device)
         broadcast_module(self.rl_policy)
