@@ -4,7 +4,9 @@ checkpoint (the shipped default, a short BC run). Minutes on a 2-core CPU:
     .venv/bin/python -m pytest -q -m slow tests/test_rl_learning.py
 
 It runs the real default RL config (process envs, mesh point clouds) for ``RL_EPOCHS`` epochs and
-compares the validation success rate before RL with the best one after, on the same seeds.
+compares the validation success rate before RL with the final one, on the same seeds.
+Status (see README "Measured here"): not yet passing — up to 37k env steps did not raise the
+18% checkpoint's success on this CPU.
 """
 from __future__ import annotations
 
@@ -29,6 +31,6 @@ def test_ppo_improves_weak_lift_checkpoint(tmp_path):
     ])
     RLWorkspace(cfg, output_dir=str(tmp_path)).run()
     success = [m["eval/success_rate"] for m in read_metrics(tmp_path) if "eval/success_rate" in m]
-    before, after = success[0], max(success[1:])
-    print(f"deterministic success before {before:.2f} -> best after {after:.2f} ({success})")
+    before, after = success[0], success[-1]
+    print(f"deterministic success before {before:.2f} -> after {after:.2f} ({success})")
     assert after >= before + 0.15, f"PPO did not improve the weak checkpoint: {success}"
