@@ -48,7 +48,7 @@ def record_expert_episode(env: RobosuitePointCloudEnv, expert, seed: int) -> Dic
         record["dones"].append(int(info["success"]))
     if not info["success"]:
         return None
-    out = {k: np.stack(v) if k != "rewards" and k != "dones" else np.asarray(v) for k, v in record.items()}
+    out = {k: np.asarray(v) for k, v in record.items()}
     out["obs"] = {k: np.stack(v) for k, v in obs_record.items()}
     return out
 
