@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "config"
 
@@ -43,3 +43,21 @@ def parse_key_values(argv: List[str], defaults: Dict[str, str]) -> Dict[str, str
             raise SystemExit(f"bad argument {item!r}; expected key=value with key in {sorted(defaults)}")
         args[key] = value
     return args
+
+
+def workspace_entry_point(config_name: str) -> Callable[[], None]:
+    """The whole body of a diffusion_policy-style training script: route ``task_name``, compose
+    ``config_name`` with the command-line overrides, build ``cfg._target_`` (a workspace), run it."""
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+    def main(cfg: DictConfig) -> None:
+        OmegaConf.resolve(cfg)
+        hydra.utils.get_class(cfg._target_)(cfg).run()
+
+    def run() -> None:
+        route_task_name()
+        main()
+
+    return run
