@@ -81,7 +81,9 @@ def main(argv: List[str]) -> int:
         check_finite(metrics, [k for k in keys if k != "losses/explained_variance"])
         print(" | ".join(f"{k.split('/')[1]} {metrics[k]:.4g}" for k in keys if k in metrics))
         print(f"update {metrics['perf/update_seconds']:.1f} s")
-        if metrics.get("losses/first_minibatch_ratio_max_dev", 0.0) > 1e-4:
+        # The chunk log-prob sums 160 float32 Gaussian terms, recomputed at another batch size: ~1e-4
+        # of round-off is normal; a real mismatch between rollout and update is of order 1.
+        if metrics.get("losses/first_minibatch_ratio_max_dev", 0.0) > 1e-3:
             raise RuntimeError("PPO ratio on the first minibatch is not 1: rollout and update log-probs disagree")
     print("OK")
     return 0
