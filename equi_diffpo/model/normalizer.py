@@ -60,6 +60,16 @@ class LinearNormalizer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fields = nn.ModuleDict()
+        # Fields depend on the dataset: create the ones a saved state has before loading it, so an
+        # empty normalizer (alone or inside a policy) loads a checkpoint without set_normalizer.
+        self.register_load_state_dict_pre_hook(self._create_fields)
+
+    def _create_fields(self, _module: nn.Module, state_dict: Dict[str, torch.Tensor], prefix: str, *_args) -> None:
+        for key, value in state_dict.items():
+            if key.startswith(prefix + "fields.") and key.endswith(".scale"):
+                name = key[len(prefix + "fields."):-len(".scale")]
+                if name not in self.fields:
+                    self.fields[name] = SingleFieldNormalizer(value.shape[-1])
 
     @classmethod
     def fit(cls, data: Mapping[str, np.ndarray], modes: Mapping[str, str] | None = None) -> "LinearNormalizer":
@@ -80,12 +90,3 @@ class LinearNormalizer(nn.Module):
 
     def unnormalize(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return {k: self.fields[k].unnormalize(v) if k in self.fields else v for k, v in data.items()}
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Create the fields named in ``state_dict`` first, so an empty normalizer can load a saved one."""
-        for key in state_dict:
-            if key.startswith("fields.") and key.endswith(".scale"):
-                name = key[len("fields."):-len(".scale")]
-                if name not in self.fields:
-                    self.fields[name] = SingleFieldNormalizer(state_dict[key].shape[-1])
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -31,22 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from equi_diffpo.model.normalizer import LinearNormalizer, SingleFieldNormalizer
+from equi_diffpo.model.normalizer import LinearNormalizer
 from equi_diffpo.model.pointnet_encoder import ObsEncoder
 from equi_diffpo.model.velocity_net import ConditionalUnet1D
 
 TIME_CONVENTION = "t0_noise_t1_data"
-
-
-def _create_normalizer_fields(module: LinearNormalizer, state_dict: Dict[str, torch.Tensor], prefix: str,
-                              *_args: Any) -> None:
-    """Load-state-dict pre-hook: a fresh policy's empty normalizer gets the fields the checkpoint
-    has, so ``policy.load_state_dict(saved)`` works without calling ``set_normalizer`` first."""
-    for key, value in state_dict.items():
-        if key.startswith(prefix + "fields.") and key.endswith(".scale"):
-            name = key[len(prefix + "fields."):-len(".scale")]
-            if name not in module.fields:
-                module.fields[name] = SingleFieldNormalizer(value.shape[-1])
 
 
 class ManiFlowPointcloudPolicy(nn.Module):
@@ -88,7 +77,6 @@ class ManiFlowPointcloudPolicy(nn.Module):
         self.clip_sample = c["clip_sample"]
 
         self.normalizer = LinearNormalizer()
-        self.normalizer.register_load_state_dict_pre_hook(_create_normalizer_fields)
         self.obs_encoder = ObsEncoder(c["point_dim"], c["agent_pos_dim"], c["n_obs_steps"],
                                       c["encoder_output_dim"], c["state_output_dim"], c["pointnet_hidden"])
         self.velocity_net = ConditionalUnet1D(c["action_dim"], self.obs_encoder.output_dim, c["horizon"],
