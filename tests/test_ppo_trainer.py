@@ -211,6 +211,11 @@ def test_target_kl_early_stop():
     stats = trainer.update(make_batch(policy, critic), epoch=0)
     # 4 epochs x 4 minibatches without the stop; the 2nd minibatch already exceeds the target.
     assert stats.early_stopped and stats.ppo_minibatches == 1
+    # The stop freezes the actor only: the critic still takes a step on every minibatch.
+    assert stats.critic_steps == 16
+    p1 = params_copy(policy)
+    stats = trainer.update(make_batch(policy, critic), epoch=1)
+    assert stats.ppo_minibatches == 1 and not same(p1, params_copy(policy))
 
 
 def test_nan_reward_raises_before_any_step():

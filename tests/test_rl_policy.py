@@ -133,3 +133,13 @@ def test_value_head_on_normalized_obs(setup):
     assert values.shape == (B,)
     values.sum().backward()
     assert all(p.grad is not None for p in critic.parameters())
+
+
+def test_value_head_starts_from_a_copy_of_the_policy_encoder(setup):
+    rl, obs = setup
+    encoder = rl.base.obs_encoder
+    critic = ValueHead(hidden=32, obs_encoder=encoder)
+    for (name, p), q in zip(critic.obs_encoder.named_parameters(), encoder.parameters()):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr(), name   # same values, own storage
+    critic(rl.normalize_obs(obs)).sum().backward()
+    assert all(p.grad is None for p in encoder.parameters())   # the policy's encoder is untouched

@@ -10,6 +10,7 @@ sees the same features scale as the actor, from the one normalizer stored with t
 """
 from __future__ import annotations
 
+import copy
 from typing import Dict
 
 import torch
@@ -23,9 +24,14 @@ class ValueHead(nn.Module):
     ``(B, To, agent_pos_dim)`` (normalized, ``To == n_obs_steps``) -> values ``(B,)``."""
 
     def __init__(self, point_dim: int = 3, agent_pos_dim: int = 9, n_obs_steps: int = 2,
-                 hidden: int = 256, pc_out: int = 128, state_out: int = 64):
+                 hidden: int = 256, pc_out: int = 128, state_out: int = 64,
+                 obs_encoder: ObsEncoder | None = None):
+        """``obs_encoder``: start from a *copy* of this encoder (e.g. the pretrained policy's, so the
+        critic sees useful point-cloud features from its first update) instead of a fresh one
+        built from ``point_dim .. state_out``; the original is never shared or modified."""
         super().__init__()
-        self.obs_encoder = ObsEncoder(point_dim, agent_pos_dim, n_obs_steps, pc_out, state_out)
+        self.obs_encoder = (copy.deepcopy(obs_encoder) if obs_encoder is not None
+                            else ObsEncoder(point_dim, agent_pos_dim, n_obs_steps, pc_out, state_out))
         self.mlp = nn.Sequential(
             nn.Linear(self.obs_encoder.output_dim, hidden), nn.Mish(),
             nn.Linear(hidden, hidden), nn.Mish(),

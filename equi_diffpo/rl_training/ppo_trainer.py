@@ -178,7 +178,8 @@ class PPOStats:
     advantages_std: float
     returns_mean: float
     returns_std: float
-    ppo_minibatches: int  # optimizer steps taken
+    ppo_minibatches: int  # policy optimizer steps taken (critic steps during warm-up)
+    critic_steps: int  # critic optimizer steps (all minibatches: the KL stop does not stop the critic)
     early_stopped: bool
     critic_warmup: bool
     policy_loss: Optional[float] = None
@@ -194,7 +195,8 @@ class PPOStats:
 
     _GROUPS = {"policy_lr": "charts", "critic_lr": "charts", "advantages_mean": "charts",
                "advantages_std": "charts", "returns_mean": "charts", "returns_std": "charts",
-               "critic_warmup": "charts", "ppo_minibatches": "perf"}
+               "critic_warmup": "charts", "ppo_minibatches": "perf",
+               "critic_steps": "perf"}
 
     def as_dict(self) -> Dict[str, float]:
         """CleanRL-style metric names (`losses/...`, `charts/...`, `perf/...`), None fields left out."""
@@ -279,6 +281,10 @@ class PPOTrainer:
         first_ratio_dev: Optional[float] = None
         early_stopped = False
 
+        # The target-KL stop freezes only the actor: the critic keeps fitting the returns for all
+        # ppo_epochs (stopping it too left the critic at explained variance < 0.1 on lift_d0,
+        # because the stop usually fires within the first PPO epoch).
+        policy_active = not warmup
         for ppo_epoch in range(cfg.ppo_epochs):
             b_inds = torch.randperm(len(b), device=device)
             for mb_i, mb_inds in enumerate(torch.tensor_split(b_inds, n_minibatches)):
@@ -298,45 +304,22 @@ class PPOTrainer:
                 loss = cfg.value_coef * v_loss
                 logs.setdefault("value_loss", []).append(v_loss.item())
 
-                if not warmup:
-                    result = self.policy.get_log_prob(mb.obs, mb.chains)
-                    logratio = result.log_prob - mb.log_probs
-                    ratio = logratio.exp()
-                    with torch.no_grad():
-                        # http://joschu.net/blog/kl-approx.html
-                        old_approx_kl = (-logratio).mean()
-                        approx_kl = _all_reduce_mean_(((ratio - 1) - logratio).mean())
-                        clipfrac = ((ratio - 1.0).abs() > cfg.clip_ratio).float().mean()
-                        if first_ratio_dev is None:
-                            first_ratio_dev = (ratio - 1.0).abs().max().item()
-
-                    mb_advantages = mb.advantages
-                    if cfg.norm_advantages:
-                        # Population std: a 1-sample minibatch gives 0 instead of NaN.
-                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std(correction=0) + 1e-8)
-                    pg_loss1 = -mb_advantages * ratio
-                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - cfg.clip_ratio, 1 + cfg.clip_ratio)
-                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-                    entropy_loss = result.entropy.mean()
-                    _check_finite("policy_loss", pg_loss, where)
-                    _check_finite("entropy", entropy_loss, where)
-                    loss = loss + pg_loss - cfg.entropy_coef * entropy_loss
-                    for k, v in (("policy_loss", pg_loss), ("entropy", entropy_loss), ("approx_kl", approx_kl),
-                                 ("old_approx_kl", old_approx_kl), ("clipfrac", clipfrac)):
-                        logs.setdefault(k, []).append(v.item())
-                    # Stop before stepping: this minibatch shows the policy already left the trust region.
-                    if cfg.target_kl is not None and approx_kl.item() > cfg.target_kl:
-                        early_stopped = True
-                        break
+                if policy_active:
+                    pg_loss, approx_kl, ratio_dev = self._policy_loss(mb, where, logs)
+                    if first_ratio_dev is None:
+                        first_ratio_dev = ratio_dev
+                    # Stop the actor before stepping: this minibatch shows it already left the trust region.
+                    if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+                        early_stopped, policy_active = True, False
+                    else:
+                        loss = loss + pg_loss
 
                 self.policy_optimizer.zero_grad(set_to_none=True)
                 self.critic_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self._clip_and_step(self.critic_params, self.critic_optimizer, max_grad_norm, "critic", where, logs)
-                if not warmup:
+                if policy_active:
                     self._clip_and_step(self.policy_params, self.policy_optimizer, max_grad_norm, "policy", where, logs)
-            if early_stopped:
-                break
 
         mean = lambda k: sum(logs[k]) / len(logs[k]) if logs.get(k) else None  # noqa: E731
         var_y = b.returns.var(correction=0)
@@ -348,10 +331,39 @@ class PPOTrainer:
             critic_lr=self.critic_optimizer.param_groups[0]["lr"],
             advantages_mean=b.advantages.mean().item(), advantages_std=b.advantages.std(correction=0).item(),
             returns_mean=b.returns.mean().item(), returns_std=b.returns.std(correction=0).item(),
-            ppo_minibatches=len(logs.get("critic_grad_norm", [])), early_stopped=early_stopped, critic_warmup=warmup,
+            ppo_minibatches=len(logs.get("critic_grad_norm" if warmup else "policy_grad_norm", [])),
+            critic_steps=len(logs.get("critic_grad_norm", [])), early_stopped=early_stopped, critic_warmup=warmup,
             policy_loss=mean("policy_loss"), entropy=mean("entropy"), approx_kl=mean("approx_kl"),
             old_approx_kl=mean("old_approx_kl"), clipfrac=mean("clipfrac"),
             policy_grad_norm=mean("policy_grad_norm"), first_minibatch_ratio_max_dev=first_ratio_dev)
+
+    def _policy_loss(self, mb: PPOBatch, where: str,
+                     logs: Dict[str, List[float]]) -> tuple[torch.Tensor, float, float]:
+        """Clipped surrogate (minus the entropy bonus) of one minibatch, its approx KL (averaged
+        over ranks, for the early stop) and max |ratio - 1|. Logs the policy metrics."""
+        cfg = self.config
+        result = self.policy.get_log_prob(mb.obs, mb.chains)
+        logratio = result.log_prob - mb.log_probs
+        ratio = logratio.exp()
+        with torch.no_grad():
+            # http://joschu.net/blog/kl-approx.html
+            old_approx_kl = (-logratio).mean()
+            approx_kl = _all_reduce_mean_(((ratio - 1) - logratio).mean())
+            clipfrac = ((ratio - 1.0).abs() > cfg.clip_ratio).float().mean()
+        advantages = mb.advantages
+        if cfg.norm_advantages:
+            # Population std: a 1-sample minibatch gives 0 instead of NaN.
+            advantages = (advantages - advantages.mean()) / (advantages.std(correction=0) + 1e-8)
+        pg_loss1 = -advantages * ratio
+        pg_loss2 = -advantages * torch.clamp(ratio, 1 - cfg.clip_ratio, 1 + cfg.clip_ratio)
+        pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+        entropy = result.entropy.mean()
+        _check_finite("policy_loss", pg_loss, where)
+        _check_finite("entropy", entropy, where)
+        for k, v in (("policy_loss", pg_loss), ("entropy", entropy), ("approx_kl", approx_kl),
+                     ("old_approx_kl", old_approx_kl), ("clipfrac", clipfrac)):
+            logs.setdefault(k, []).append(v.item())
+        return pg_loss - cfg.entropy_coef * entropy, approx_kl.item(), (ratio - 1.0).abs().max().item()
 
     @staticmethod
     def _clip_and_step(params: List[nn.Parameter], optimizer: torch.optim.Optimizer, max_grad_norm: float,

@@ -74,7 +74,10 @@ class RLWorkspace(BaseWorkspace):
         # Policy-gradient noise on the point-cloud features can wreck a pretrained encoder:
         # by default PPO tunes the velocity net and noise head only.
         base.obs_encoder.requires_grad_(bool(cfg.rl_training.finetune_obs_encoder))
-        value_head = ValueHead(task.point_dim, task.agent_pos_dim, cfg.policy.n_obs_steps, **cfg.critic)
+        critic_cfg = dict(cfg.critic)
+        encoder = base.obs_encoder if critic_cfg.pop("init_encoder_from_policy", False) else None
+        value_head = ValueHead(task.point_dim, task.agent_pos_dim, cfg.policy.n_obs_steps, **critic_cfg,
+                               obs_encoder=encoder)
         self.critic = NormalizedCritic(value_head, base.normalizer, cfg.policy.n_obs_steps).to(self.device)
         broadcast_module(self.rl_policy)
         broadcast_module(self.critic)
