@@ -143,3 +143,32 @@ def test_value_head_starts_from_a_copy_of_the_policy_encoder(setup):
         assert torch.equal(p, q) and p.data_ptr() != q.data_ptr(), name   # same values, own storage
     critic(rl.normalize_obs(obs)).sum().backward()
     assert all(p.grad is None for p in encoder.parameters())   # the policy's encoder is untouched
+
+
+def test_learned_noise_prior_adds_exact_x0_term_and_starts_as_bc(setup):
+    rl, obs = setup
+    torch.manual_seed(1)
+    noise = torch.randn(B, TINY["horizon"], 7)
+    before = rl.base.predict_action(obs, noise)["action"]
+    rl_prior = ManiFlowRLPolicy(rl.base, noise_hidden=32, learn_noise_prior=True, noise_prior_hidden=16)
+    rl_prior.noise_head.load_state_dict(rl.noise_head.state_dict())
+    # Identity at initialisation: same actions from the same standard-normal draw.
+    torch.testing.assert_close(rl.base.predict_action(obs, noise)["action"], before)
+    with torch.no_grad():   # move the prior so the x0 term is non-trivial
+        rl.base.noise_prior.mean_net[-1].bias.normal_(0.0, 0.5)
+        rl.base.noise_prior.log_std.uniform_(-1.0, 0.0)
+    sample = rl_prior.sample_actions(obs, noise=noise)
+    cond = rl.base.encode_obs(obs).detach()
+    mean, std = rl.base.noise_prior(cond)
+    torch.testing.assert_close(sample.chains[:, 0], (mean + std * noise).detach())
+    ref_lp, ref_ent = hand_log_prob_and_entropy(rl, obs, sample.chains)
+    prior = Normal(mean.detach(), std.detach())
+    ref_lp = ref_lp + prior.log_prob(sample.chains[:, 0]).sum(dim=(1, 2))
+    ref_ent = ref_ent + prior.entropy().sum(dim=(1, 2))
+    result = rl_prior.get_log_prob(obs, sample.chains)
+    torch.testing.assert_close(result.log_prob, ref_lp, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(result.entropy, ref_ent, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(sample.log_prob, ref_lp, atol=1e-4, rtol=1e-5)
+    result.log_prob.sum().backward()
+    assert rl.base.noise_prior.mean_net[-1].weight.grad.abs().sum() > 0
+    assert rl.base.get_policy_config()["noise_prior"] is True

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from equi_diffpo.model.noise_prior import ConditionalNoisePrior
 from equi_diffpo.model.normalizer import LinearNormalizer
 from equi_diffpo.model.pointnet_encoder import ObsEncoder
 from equi_diffpo.model.velocity_net import ConditionalUnet1D
@@ -51,7 +52,10 @@ class ManiFlowPointcloudPolicy(nn.Module):
                  pointnet_hidden: Sequence[int] = (64, 128, 256),
                  down_dims: Sequence[int] = (64, 128), kernel_size: int = 5,
                  time_embed_dim: int = 64, n_groups: int = 8, clip_sample: bool = True,
-                 time_convention: str = TIME_CONVENTION):
+                 time_convention: str = TIME_CONVENTION, noise_prior: bool = False,
+                 noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1):
+        """``noise_prior``: draw ``x0`` from a learnable :class:`ConditionalNoisePrior` instead of
+        ``N(0, I)`` (added by RL fine-tuning; identical to ``N(0, I)`` until trained)."""
         super().__init__()
         if time_convention != TIME_CONVENTION:
             raise ValueError(f"this policy integrates {TIME_CONVENTION!r}; a config/checkpoint with "
@@ -67,7 +71,8 @@ class ManiFlowPointcloudPolicy(nn.Module):
             encoder_output_dim=int(encoder_output_dim), state_output_dim=int(state_output_dim),
             pointnet_hidden=[int(h) for h in pointnet_hidden], down_dims=[int(d) for d in down_dims],
             kernel_size=int(kernel_size), time_embed_dim=int(time_embed_dim), n_groups=int(n_groups),
-            clip_sample=bool(clip_sample), time_convention=TIME_CONVENTION)
+            clip_sample=bool(clip_sample), time_convention=TIME_CONVENTION, noise_prior=bool(noise_prior),
+            noise_prior_hidden=int(noise_prior_hidden), noise_prior_std_min=float(noise_prior_std_min))
         c = self._config
         self.action_dim, self.horizon = c["action_dim"], c["horizon"]
         self.n_action_steps, self.n_obs_steps = c["n_action_steps"], c["n_obs_steps"]
@@ -82,6 +87,9 @@ class ManiFlowPointcloudPolicy(nn.Module):
         self.velocity_net = ConditionalUnet1D(c["action_dim"], self.obs_encoder.output_dim, c["horizon"],
                                               c["down_dims"], c["time_embed_dim"], c["kernel_size"],
                                               c["n_groups"])
+        self.noise_prior = (ConditionalNoisePrior(self.obs_encoder.output_dim, c["horizon"], c["action_dim"],
+                                                  c["noise_prior_hidden"], c["noise_prior_std_min"])
+                            if c["noise_prior"] else None)
 
     # ----- configuration / normalizer -----
     def get_policy_config(self) -> Dict[str, Any]:
@@ -109,6 +117,26 @@ class ManiFlowPointcloudPolicy(nn.Module):
     def encode_obs(self, obs_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Raw obs -> conditioning ``(B, obs_encoder.output_dim)``."""
         return self.obs_encoder(self.normalize_obs(obs_dict))
+
+    def enable_noise_prior(self, hidden: int = 256, std_min: float = 0.1) -> None:
+        """Add a (still identity) learnable noise prior to a policy trained without one; recorded
+        in ``get_policy_config`` so checkpoints rebuild it. No-op if the policy already has one."""
+        if self.noise_prior is not None:
+            return
+        self._config.update(noise_prior=True, noise_prior_hidden=int(hidden), noise_prior_std_min=float(std_min))
+        self.noise_prior = ConditionalNoisePrior(self.obs_encoder.output_dim, self.horizon, self.action_dim,
+                                                 int(hidden), float(std_min)).to(self.device)
+
+    def initial_noise(self, cond: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``x0`` ``(B, horizon, Da)`` for conditioning ``cond`` ``(B, cond_dim)``: ``noise`` (or a
+        fresh ``N(0, I)`` draw) itself, or ``mean + std * noise`` under a learned noise prior."""
+        if noise is None:
+            noise = torch.randn(cond.shape[0], self.horizon, self.action_dim, device=cond.device)
+        noise = noise.to(device=cond.device, dtype=cond.dtype)
+        if self.noise_prior is None:
+            return noise
+        mean, std = self.noise_prior(cond)
+        return mean + std * noise
 
     def step_size(self) -> float:
         """Euler step ``dt = 1 / num_inference_steps``."""
@@ -142,13 +170,11 @@ class ManiFlowPointcloudPolicy(nn.Module):
                        noise: torch.Tensor | None = None) -> Dict[str, torch.Tensor]:
         """Raw obs dict -> ``{'action': (B, n_action_steps, Da), 'action_pred': (B, horizon, Da)}``.
 
-        ``noise`` ``(B, horizon, Da)`` is the starting point ``x0``; given it, the output is
-        deterministic.
+        ``noise`` ``(B, horizon, Da)`` is the standard-normal draw behind ``x0`` (``x0`` itself
+        without a noise prior); given it, the output is deterministic.
         """
         cond = self.encode_obs(obs_dict)
-        if noise is None:
-            noise = torch.randn(cond.shape[0], self.horizon, self.action_dim, device=cond.device)
-        x = noise.to(device=cond.device, dtype=cond.dtype)
+        x = self.initial_noise(cond, noise)
         for k in range(self.num_inference_steps):
             x = self.euler_mean(x, k, cond)
         return self.decode_actions(x)

@@ -10,15 +10,20 @@ bounded in ``[sigma_min, sigma_max]`` (normalized action units). The whole chain
 rollout buffer, so the log-probability of the sampled chunk under the current parameters is a sum
 of Gaussian log-densities: exact and cheap, no ODE likelihood needed.
 
+With a learned noise prior (``rl_policy.learn_noise_prior``, see
+:mod:`equi_diffpo.model.noise_prior`) the first link is a policy transition too:
+``x_0 ~ N(mu(cond), std^2)``, identical to ``N(0, I)`` at the start of fine-tuning.
+
 What the log-prob covers (the PPO ratio uses exactly this):
-  * only the ``K`` stochastic transitions; the prior term ``log N(x_0; 0, I)`` is left out because
-    it does not depend on any parameter and cancels in every ratio;
+  * the ``K`` stochastic transitions, plus ``log N(x_0; mu, std)`` over the whole horizon when the
+    noise prior is learned; a fixed ``N(0, I)`` prior is left out (no parameters: it cancels in
+    every ratio);
   * only the executed slice of each transition, time indices
     ``n_obs_steps-1 : n_obs_steps-1+n_action_steps`` and all action dims: the other predicted steps
     never reach the environment. Each transition's mean still depends on the full previous state
     ``x_k`` (stored), so this is the conditional density of the executed coordinates given the chain.
-  * summed over transitions and dims; ``normalize_by_dims=True`` divides by ``K * n_exec * Da``
-    (ReinFlow's normalization, which keeps the ratio's scale independent of the chunk size).
+  * summed over transitions and dims; ``normalize_by_dims=True`` divides by the number of terms,
+    ``K * n_exec * Da`` (+ ``horizon * Da`` for a learned prior), ReinFlow's normalization.
 
 Clipping: the chain (including ``x_K``) is stored unclamped and the log-prob is of that stored chain;
 the executed action is ``decode_actions(x_K)``, which clamps to [-1, 1] when the base policy has
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
@@ -85,20 +90,34 @@ class NoiseHead(nn.Module):
 
 class ManiFlowRLPolicy(nn.Module):
     """Wraps (and trains) a pretrained base policy: reuses its ``obs_encoder``, ``velocity_net`` and
-    ``normalizer``; adds ``noise_head``. ``state_dict`` = ``base.*`` + ``noise_head.*``."""
+    ``normalizer``; adds ``noise_head`` (and ``base.noise_prior`` when asked). ``state_dict`` =
+    ``base.*`` + ``noise_head.*``."""
 
     def __init__(self, base_policy: ManiFlowPointcloudPolicy, sigma_min: float = 0.08,
-                 sigma_max: float = 0.14, noise_hidden: int = 128, normalize_by_dims: bool = False):
+                 sigma_max: float = 0.14, noise_hidden: int = 128, normalize_by_dims: bool = False,
+                 learn_noise_prior: bool = False, noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1):
+        """``learn_noise_prior``: give the base policy a learnable ``x0`` distribution (kept if it
+        already has one, e.g. when fine-tuning an RL checkpoint again)."""
         super().__init__()
         self.base = base_policy
+        if learn_noise_prior:
+            base_policy.enable_noise_prior(noise_prior_hidden, noise_prior_std_min)
         self.normalize_by_dims = bool(normalize_by_dims)
         self._rl_config = dict(sigma_min=float(sigma_min), sigma_max=float(sigma_max),
-                               noise_hidden=int(noise_hidden), normalize_by_dims=self.normalize_by_dims)
+                               noise_hidden=int(noise_hidden), normalize_by_dims=self.normalize_by_dims,
+                               learn_noise_prior=bool(learn_noise_prior), noise_prior_hidden=int(noise_prior_hidden),
+                               noise_prior_std_min=float(noise_prior_std_min))
         self.noise_head = NoiseHead(base_policy.horizon, base_policy.action_dim,
                                     base_policy.obs_encoder.output_dim, int(noise_hidden),
                                     sigma_min, sigma_max)
         start = base_policy.n_obs_steps - 1
         self.exec_slice = slice(start, start + base_policy.n_action_steps)
+
+    def head_parameters(self) -> List[nn.Parameter]:
+        """Parameters added for RL (noise head, noise prior): they start at zero output and get
+        their own learning rate (``ppo_trainer.head_lr``)."""
+        heads = [self.noise_head] + ([self.base.noise_prior] if self.base.noise_prior is not None else [])
+        return [p for head in heads for p in head.parameters()]
 
     def get_rl_config(self) -> Dict[str, Any]:
         """The RL-specific ctor kwargs (the base's are in ``base.get_policy_config()``)."""
@@ -134,9 +153,26 @@ class ManiFlowRLPolicy(nn.Module):
         entropy = (0.5 + _HALF_LOG_2PI + log_sigma).sum(dim=(1, 2))
         return log_prob, entropy
 
+    def _prior_terms(self, x0: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-density of ``x0`` ``(B, horizon, Da)`` and entropy under the learned noise prior,
+        summed over the whole horizon (every entry of ``x0`` reaches the executed actions through
+        the velocity net) -> (B,), (B,); zeros without a prior (``N(0, I)`` has no parameters)."""
+        if self.base.noise_prior is None:
+            zeros = torch.zeros(x0.shape[0], device=x0.device)
+            return zeros, zeros
+        mean, std = self.base.noise_prior(cond)
+        log_std = std.log()
+        z = (x0 - mean) / std
+        log_prob = (-0.5 * z.square() - log_std - _HALF_LOG_2PI).sum(dim=(1, 2))
+        entropy = (0.5 + _HALF_LOG_2PI + log_std).sum(dim=(1, 2))
+        return log_prob, entropy
+
     def _normalizer_count(self) -> int:
+        if not self.normalize_by_dims:
+            return 1
         n_exec = self.exec_slice.stop - self.exec_slice.start
-        return self.num_steps * n_exec * self.base.action_dim if self.normalize_by_dims else 1
+        prior_dims = self.base.horizon * self.base.action_dim if self.base.noise_prior is not None else 0
+        return self.num_steps * n_exec * self.base.action_dim + prior_dims
 
     @torch.no_grad()
     def sample_actions(self, obs_dict: Dict[str, torch.Tensor], deterministic: bool = False,
@@ -147,9 +183,8 @@ class ManiFlowRLPolicy(nn.Module):
         density of that chain under the stochastic policy, so it is well defined).
         """
         cond = self.base.encode_obs(obs_dict)
-        shape = (cond.shape[0], self.base.horizon, self.base.action_dim)
-        x = torch.randn(shape, device=cond.device) if noise is None else noise.to(cond.device, cond.dtype)
-        chain, log_prob = [x], torch.zeros(shape[0], device=cond.device)
+        x = self.base.initial_noise(cond, noise)
+        chain, log_prob = [x], self._prior_terms(x, cond)[0]
         for k in range(self.num_steps):
             mean, sigma = self._transition(x, k, cond)
             x = mean if deterministic else mean + sigma * torch.randn_like(mean)
@@ -166,8 +201,7 @@ class ManiFlowRLPolicy(nn.Module):
             raise ValueError(f"chains have {chains.shape[1] - 1} transitions, policy has K={self.num_steps}")
         cond = self.base.encode_obs(obs_dict)
         chains = chains.to(cond.device)
-        log_prob = torch.zeros(chains.shape[0], device=cond.device)
-        entropy = torch.zeros_like(log_prob)
+        log_prob, entropy = self._prior_terms(chains[:, 0], cond)
         # Same per-step computation as sample_actions, so an unchanged policy gives a ratio of 1.
         for k in range(self.num_steps):
             mean, sigma = self._transition(chains[:, k].contiguous(), k, cond)

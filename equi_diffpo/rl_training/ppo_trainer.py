@@ -124,6 +124,9 @@ class PPOConfig:
     max_grad_norm: Optional[float] = 1.0  # None: no clipping (norm still logged)
     target_kl: Optional[float] = None  # None: never stop early
     policy_lr: float = 1e-5
+    # LR of the policy's freshly initialised heads (``policy.head_parameters()``: noise head, noise
+    # prior). None: policy_lr. They start from zero, so at the pretrained nets' tiny LR they never move.
+    head_lr: Optional[float] = None
     critic_lr: float = 1e-4
     weight_decay: float = 0.0
     critic_warmup_epochs: int = 0
@@ -259,7 +262,13 @@ class PPOTrainer:
         if {id(p) for p in self.policy_params} & {id(p) for p in self.critic_params}:
             # Two optimizers stepping one tensor would double its update.
             raise ValueError("policy and critic share parameters; give the critic its own encoder")
-        self.policy_optimizer = torch.optim.AdamW(self.policy_params, lr=cfg.policy_lr, weight_decay=cfg.weight_decay)
+        head_ids = {id(p) for p in getattr(policy, "head_parameters", lambda: [])()}
+        policy_groups = [{"params": [p for p in self.policy_params if id(p) not in head_ids], "lr": cfg.policy_lr}]
+        heads = [p for p in self.policy_params if id(p) in head_ids]
+        if heads:
+            head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.policy_lr
+            policy_groups.append({"params": heads, "lr": head_lr})
+        self.policy_optimizer = torch.optim.AdamW(policy_groups, lr=cfg.policy_lr, weight_decay=cfg.weight_decay)
         self.critic_optimizer = torch.optim.AdamW(self.critic_params, lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
         factor = lambda epoch: _lr_factor(cfg.lr_schedule, cfg.total_epochs, epoch)  # noqa: E731
         self.policy_scheduler = torch.optim.lr_scheduler.LambdaLR(self.policy_optimizer, factor)

@@ -67,10 +67,10 @@ class RLWorkspace(BaseWorkspace):
         base, ckpt_cfg, _ = load_policy(cfg.pretrained_policy_path, self.device, expected_config={
             "point_dim": task.point_dim, "agent_pos_dim": task.agent_pos_dim, "action_dim": task.action_dim})
         check_checkpoint_task(ckpt_cfg, cfg, cfg.pretrained_policy_path)
-        with open_dict(cfg):  # record the real architecture so this run's checkpoints rebuild it
-            cfg.policy = ckpt_cfg.policy
         self.model = base
         self.rl_policy = ManiFlowRLPolicy(base, **cfg.rl_policy).to(self.device)
+        with open_dict(cfg):  # record the real architecture (noise prior included) so checkpoints rebuild it
+            cfg.policy = {**OmegaConf.to_container(ckpt_cfg.policy, resolve=True), **base.get_policy_config()}
         # Policy-gradient noise on the point-cloud features can wreck a pretrained encoder:
         # by default PPO tunes the velocity net and noise head only.
         base.obs_encoder.requires_grad_(bool(cfg.rl_training.finetune_obs_encoder))

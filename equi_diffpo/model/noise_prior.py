@@ -1,0 +1,42 @@
+"""Learnable, observation-conditioned distribution of the flow's starting noise ``x0``.
+
+Why: a BC flow policy draws ``x0 ~ N(0, I)`` and maps it to an action chunk. On lift_d0 that draw
+decides much of the behaviour (a 55% policy falls to 7.5% when every chunk starts from ``x0 = 0``),
+yet in ReinFlow's chain ``x0`` is exogenous noise with no parameters, so PPO cannot credit it and
+its effect is pure variance in the policy gradient. Making ``x0 ~ N(mu(cond), std^2)`` a policy
+transition like the others (DSRL steers diffusion policies the same way, through their latent
+noise) gives PPO an exact log-prob for it. At initialisation ``mu = 0`` and ``std = 1``, so the
+policy is exactly the BC policy.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+class ConditionalNoisePrior(nn.Module):
+    """``forward(cond)`` -> ``(mean, std)``, each ``(B, horizon, action_dim)``.
+
+    ``mean`` comes from an MLP on the observation features whose last layer starts at zero;
+    ``std`` is one learnable value per (time, dim) entry, clamped to ``[std_min, 1]`` (the BC
+    prior's scale is the upper bound, so RL can only narrow the exploration in ``x0``).
+    """
+
+    def __init__(self, cond_dim: int, horizon: int, action_dim: int, hidden: int = 256, std_min: float = 0.1):
+        super().__init__()
+        if not 0 < std_min <= 1:
+            raise ValueError(f"noise prior std_min must lie in (0, 1], got {std_min}")
+        self.shape = (int(horizon), int(action_dim))
+        self.log_std_min = math.log(std_min)
+        out = nn.Linear(hidden, horizon * action_dim)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.mean_net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.Mish(), out)
+        self.log_std = nn.Parameter(torch.zeros(self.shape))
+
+    def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.mean_net(cond).view(cond.shape[0], *self.shape)
+        std = self.log_std.clamp(self.log_std_min, 0.0).exp().expand_as(mean)
+        return mean, std
