@@ -321,3 +321,20 @@ def test_reward_scaler_divides_by_discounted_return_std():
     restored = RunningRewardScaler(gamma=0.9)
     restored.load_state_dict(scaler.state_dict())
     assert restored.gamma == 0.5 and restored.return_rms.var == pytest.approx(0.171875)
+
+
+def test_head_parameters_get_head_lr():
+    class PolicyWithHead(GaussianPolicy):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(2, 2)
+
+        def head_parameters(self):
+            return list(self.head.parameters())
+
+    policy, critic = PolicyWithHead(), LinearCritic()
+    trainer = PPOTrainer(policy, critic, PPOConfig(policy_lr=1e-6, head_lr=1e-3))
+    groups = trainer.policy_optimizer.param_groups
+    assert [g["lr"] for g in groups] == [1e-6, 1e-3]
+    assert [p for p in groups[1]["params"]] == list(policy.head.parameters())
+    assert PPOTrainer(policy, critic, PPOConfig(policy_lr=1e-6)).policy_optimizer.param_groups[1]["lr"] == 1e-6
