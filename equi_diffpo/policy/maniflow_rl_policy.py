@@ -45,6 +45,15 @@ from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPoli
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def gaussian_terms(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diagonal-Gaussian log-density of ``x`` and entropy, each ``(B, T, D)`` summed to ``(B,)``."""
+    log_std = std.log()
+    z = (x - mean) / std
+    log_prob = (-0.5 * z.square() - log_std - _HALF_LOG_2PI).sum(dim=(1, 2))
+    entropy = (0.5 + _HALF_LOG_2PI + log_std).sum(dim=(1, 2))
+    return log_prob, entropy
+
+
 @dataclass
 class RLSample:
     """``action`` (B, n_action_steps, Da) raw executed actions; ``chains`` (B, K+1, horizon, Da)
@@ -147,11 +156,7 @@ class ManiFlowRLPolicy(nn.Module):
                      sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian log-density of ``x_next`` and entropy, summed over the executed slice -> (B,), (B,)."""
         s = self.exec_slice
-        log_sigma = sigma[:, s].log()
-        z = (x_next[:, s] - mean[:, s]) / sigma[:, s]
-        log_prob = (-0.5 * z.square() - log_sigma - _HALF_LOG_2PI).sum(dim=(1, 2))
-        entropy = (0.5 + _HALF_LOG_2PI + log_sigma).sum(dim=(1, 2))
-        return log_prob, entropy
+        return gaussian_terms(x_next[:, s], mean[:, s], sigma[:, s])
 
     def _prior_terms(self, x0: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-density of ``x0`` ``(B, horizon, Da)`` and entropy under the learned noise prior,
@@ -160,12 +165,7 @@ class ManiFlowRLPolicy(nn.Module):
         if self.base.noise_prior is None:
             zeros = torch.zeros(x0.shape[0], device=x0.device)
             return zeros, zeros
-        mean, std = self.base.noise_prior(cond)
-        log_std = std.log()
-        z = (x0 - mean) / std
-        log_prob = (-0.5 * z.square() - log_std - _HALF_LOG_2PI).sum(dim=(1, 2))
-        entropy = (0.5 + _HALF_LOG_2PI + log_std).sum(dim=(1, 2))
-        return log_prob, entropy
+        return gaussian_terms(x0, *self.base.noise_prior(cond))
 
     def _normalizer_count(self) -> int:
         if not self.normalize_by_dims:
