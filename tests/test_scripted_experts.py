@@ -87,3 +87,23 @@ def test_unknown_task_names_the_tasks_with_experts():
 ])
 def test_wrap_angle(angle, period, expected):
     assert wrap_angle(angle, period) == pytest.approx(expected)
+
+
+def test_shaped_reward_is_dense_and_success_is_absorbing():
+    """reward_shaping: robosuite's reaching reward (normalized, < 1) on every step before success;
+    the success step pays the success reward (1.0) for itself and every step left until the limit."""
+    env = RobosuitePointCloudEnv("lift_d0", {"source": "mesh", "n_points": 64}, max_episode_steps=150,
+                                 seed=0, reward_shaping=True)
+    expert = get_expert("lift_d0")
+    env.reset(seed=SEEDS[0])
+    expert.reset(env, np.random.default_rng([SEEDS[0], 1]))
+    rewards = []
+    while True:
+        _, reward, done, info = env.step_env_action(expert.act(env))
+        rewards.append(reward)
+        if done:
+            break
+    env.close()
+    assert info["success"]
+    assert all(0.0 < r < 1.0 for r in rewards[:-1])
+    assert rewards[-1] == pytest.approx(1 + 150 - len(rewards))

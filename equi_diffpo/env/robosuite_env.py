@@ -65,7 +65,10 @@ class RobosuitePointCloudEnv:
     """One robosuite env. ``step`` takes a policy action (10,), ``step_env_action`` a robosuite one (7,)."""
 
     def __init__(self, task_name: str, point_cloud: PointCloudConfig | Dict[str, Any] | None = None,
-                 max_episode_steps: Optional[int] = None, render_size: Optional[int] = None, seed: Optional[int] = None):
+                 max_episode_steps: Optional[int] = None, render_size: Optional[int] = None, seed: Optional[int] = None,
+                 reward_shaping: bool = False):
+        """``reward_shaping``: robosuite's dense staged reward (e.g. Lift: reaching + grasping) instead
+        of the sparse success reward; success then counts as an absorbing state (see ``step_env_action``)."""
         import robosuite
 
         _quiet_robosuite()
@@ -74,13 +77,14 @@ class RobosuitePointCloudEnv:
         self.pc_cfg = point_cloud if isinstance(point_cloud, PointCloudConfig) else PointCloudConfig(**(point_cloud or {}))
         self.max_episode_steps = int(max_episode_steps or self.spec.max_episode_steps)
         self.render_size = render_size
+        self.reward_shaping = bool(reward_shaping)
         use_camera = self.pc_cfg.source == "camera"
         self.env_kwargs: Dict[str, Any] = dict(
             robots="Panda", controller_configs=absolute_pose_controller_config(), control_freq=20,
             use_camera_obs=use_camera, has_renderer=False, has_offscreen_renderer=use_camera or render_size is not None,
             camera_names=list(self.pc_cfg.camera_names) if use_camera else VIDEO_CAMERA,
             camera_heights=self.pc_cfg.camera_size, camera_widths=self.pc_cfg.camera_size,
-            camera_depths=use_camera, reward_shaping=False, ignore_done=True, hard_reset=False,
+            camera_depths=use_camera, reward_shaping=self.reward_shaping, ignore_done=True, hard_reset=False,
             **self.spec.env_kwargs,
         )
         self.env_name = resolve_env_name(self.spec)
@@ -130,6 +134,11 @@ class RobosuitePointCloudEnv:
         self.steps += 1
         success = bool(self.env._check_success())
         truncated = (not success) and self.steps >= self.max_episode_steps
+        if success and self.reward_shaping:
+            # Success ends the episode, so with per-step shaping an agent could earn more by hovering
+            # near the goal until the time limit. Count success as absorbing: it keeps paying the
+            # success reward (robosuite's maximum per-step reward) for the remaining steps.
+            reward *= 1 + self.max_episode_steps - self.steps
         return self._observation(raw), float(reward), success or truncated, {"success": success, "truncated": truncated}
 
     def step(self, action: np.ndarray) -> Tuple[Dict[str, np.ndarray], float, bool, Dict[str, Any]]:
