@@ -28,14 +28,15 @@ def main(cfg: DictConfig) -> None:
                                          f"eval_{time.strftime('%Y%m%d_%H%M%S')}")
     runner = PointCloudEnvRunner(task, out, n_episodes=cfg.n_episodes, n_envs=cfg.n_envs, n_videos=cfg.n_videos,
                                  render_size=cfg.render_size, max_episode_steps=cfg.max_episode_steps,
-                                 n_obs_steps=policy.n_obs_steps, seed=cfg.seed, vec_mode=cfg.vec_mode)
+                                 n_obs_steps=policy.n_obs_steps, seed=cfg.seed, vec_mode=cfg.vec_mode,
+                                 noise_scale=cfg.noise_scale)
     start = time.time()
     try:
         metrics = runner.run(policy)
     finally:
         runner.close()
     metrics.update({"checkpoint": os.path.abspath(cfg.checkpoint), "task_name": task.name,
-                    "num_inference_steps": policy.num_inference_steps, "seconds": time.time() - start})
+                    "num_inference_steps": policy.num_inference_steps, "noise_scale": cfg.noise_scale, "seconds": time.time() - start})
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "eval.json"), "w") as f:
         json.dump(metrics, f, indent=2)

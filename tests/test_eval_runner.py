@@ -55,3 +55,27 @@ def test_runner_metrics_and_video(tiny_checkpoint, tmp_path):
     assert frames.shape[0] >= MAX_EPISODE_STEPS
     assert frames.std() > 1.0, "video frames are blank"
     assert policy.training is was_training, "the runner must restore the policy's train/eval mode"
+
+
+def test_noise_scale_zero_starts_every_chunk_from_zero(tiny_checkpoint, tmp_path):
+    policy, cfg, _ = load_policy(tiny_checkpoint)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = policy
+            self.horizon, self.action_dim = policy.horizon, policy.action_dim
+
+        def predict_action(self, obs, noise=None):
+            seen.append(noise)
+            return policy.predict_action(obs, noise)
+
+    runner = PointCloudEnvRunner(cfg.task, str(tmp_path), n_episodes=1, n_envs=1, n_videos=0,
+                                 max_episode_steps=MAX_EPISODE_STEPS, n_obs_steps=cfg.n_obs_steps,
+                                 vec_mode="inline", noise_scale=0.0)
+    try:
+        runner.run(Recorder())
+    finally:
+        runner.close()
+    assert seen and all(n is not None and n.abs().max() == 0 for n in seen)

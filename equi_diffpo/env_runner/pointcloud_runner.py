@@ -54,8 +54,11 @@ class PointCloudEnvRunner:
 
     def __init__(self, task: Mapping[str, Any] | DictConfig, output_dir: str, n_episodes: int = 50, n_envs: int = 2,
                  n_videos: int = 1, render_size: int = 128, max_episode_steps: Optional[int] = None,
-                 n_obs_steps: int = 2, seed: int = 100000, vec_mode: str = "process"):
+                 n_obs_steps: int = 2, seed: int = 100000, vec_mode: str = "process", noise_scale: float = 1.0):
+        """``noise_scale``: the flow starts from ``noise_scale * N(0, I)`` draws (0 = fully deterministic);
+        a diagnostic of how much the policy's behaviour rides on its initial noise."""
         self.env_kwargs = env_kwargs_from_task(task, n_obs_steps, render_size if n_videos > 0 else None, max_episode_steps)
+        self.noise_scale = float(noise_scale)
         self.output_dir = output_dir
         self.n_episodes, self.n_envs, self.n_videos = n_episodes, min(n_envs, n_episodes), n_videos
         self.seed, self.vec_mode = seed, vec_mode
@@ -75,7 +78,12 @@ class PointCloudEnvRunner:
         policy.eval()
 
         def policy_step(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-            return {"action": policy.predict_action(torch_obs(batch, device))["action"].cpu().numpy()}
+            obs = torch_obs(batch, device)
+            noise = None
+            if self.noise_scale != 1.0:
+                n = obs["agent_pos"].shape[0]
+                noise = self.noise_scale * torch.randn(n, policy.horizon, policy.action_dim, device=device)
+            return {"action": policy.predict_action(obs, noise)["action"].cpu().numpy()}
 
         seeds = range(self.seed, self.seed + 2 * self.n_episodes + 10)
         with tqdm(total=self.n_episodes, desc=tag, unit="ep", leave=False) as bar:
