@@ -6,8 +6,8 @@ checkpoint (default: the shipped one, a short BC run). Minutes to an hour on a 2
 
 It runs the real default RL config (process envs, mesh point clouds) for ``RL_LEARNING_EPOCHS`` epochs
 and compares the validation success rate before RL with the final one, on the same seeds.
-Status (see README "Measured here"): not yet passing — no run so far (up to 55k env steps, from the
-18% and the 55% checkpoints) raised the deterministic success by more than the evaluation noise.
+Status (see README "Measured here"): not yet passing — no run so far (up to 111k env steps, from the
+18% and the 60% checkpoints) raised the deterministic success by more than the evaluation noise.
 """
 from __future__ import annotations
 
