@@ -6,7 +6,7 @@ checkpoint (default: the shipped one, a short BC run). Minutes to an hour on a 2
 
 It runs the real default RL config (process envs, mesh point clouds) for ``RL_LEARNING_EPOCHS`` epochs
 and compares the validation success rate before RL with the final one, on the same seeds.
-Status (see README "Measured here"): not yet passing — no run so far (up to 111k env steps, from the
+Status (see README "Measured here"): not yet passing — no run so far (up to 165k env steps, from the
 18% and the 60% checkpoints) raised the deterministic success by more than the evaluation noise.
 """
 from __future__ import annotations
