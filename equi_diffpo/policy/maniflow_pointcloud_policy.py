@@ -87,9 +87,7 @@ class ManiFlowPointcloudPolicy(nn.Module):
         self.velocity_net = ConditionalUnet1D(c["action_dim"], self.obs_encoder.output_dim, c["horizon"],
                                               c["down_dims"], c["time_embed_dim"], c["kernel_size"],
                                               c["n_groups"])
-        self.noise_prior = (ConditionalNoisePrior(self.obs_encoder.output_dim, c["horizon"], c["action_dim"],
-                                                  c["noise_prior_hidden"], c["noise_prior_std_min"])
-                            if c["noise_prior"] else None)
+        self.noise_prior = self._build_noise_prior() if c["noise_prior"] else None
 
     # ----- configuration / normalizer -----
     def get_policy_config(self) -> Dict[str, Any]:
@@ -124,8 +122,12 @@ class ManiFlowPointcloudPolicy(nn.Module):
         if self.noise_prior is not None:
             return
         self._config.update(noise_prior=True, noise_prior_hidden=int(hidden), noise_prior_std_min=float(std_min))
-        self.noise_prior = ConditionalNoisePrior(self.obs_encoder.output_dim, self.horizon, self.action_dim,
-                                                 int(hidden), float(std_min)).to(self.device)
+        self.noise_prior = self._build_noise_prior().to(self.device)
+
+    def _build_noise_prior(self) -> ConditionalNoisePrior:
+        c = self._config
+        return ConditionalNoisePrior(self.obs_encoder.output_dim, c["horizon"], c["action_dim"],
+                                     c["noise_prior_hidden"], c["noise_prior_std_min"])
 
     def initial_noise(self, cond: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """``x0`` ``(B, horizon, Da)`` for conditioning ``cond`` ``(B, cond_dim)``: ``noise`` (or a
