@@ -176,8 +176,28 @@ def test_learned_noise_prior_adds_exact_x0_term_and_starts_as_bc(setup):
 
 
 
-@pytest.mark.parametrize("learn_noise_prior", [False, True])
-def test_ppo_on_the_flow_chain_learns_a_bandit(learn_noise_prior):
+def test_latent_only_policy_explores_x0_through_the_frozen_flow(setup):
+    """chain_noise=False: actions are the base flow from x0 ~ prior, log-prob is the prior term alone."""
+    rl, obs = setup
+    with pytest.raises(ValueError, match="learn_noise_prior"):
+        ManiFlowRLPolicy(rl.base, chain_noise=False)
+    latent = ManiFlowRLPolicy(rl.base, learn_noise_prior=True, noise_prior_hidden=16, chain_noise=False)
+    assert latent.noise_head is None
+    assert not any(p.requires_grad for p in rl.base.velocity_net.parameters())
+    with torch.no_grad():
+        rl.base.noise_prior.mean_net[-1].bias.normal_(0.0, 0.5)
+        rl.base.noise_prior.log_std.uniform_(-1.0, 0.0)
+    noise = torch.randn(B, TINY["horizon"], 7)
+    sample = latent.sample_actions(obs, noise=noise)
+    torch.testing.assert_close(sample.action, rl.base.predict_action(obs, noise)["action"])
+    mean, std = rl.base.noise_prior(rl.base.encode_obs(obs))
+    reference = Normal(mean.detach(), std.detach()).log_prob(sample.chains[:, 0]).sum(dim=(1, 2))
+    torch.testing.assert_close(sample.log_prob, reference, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(latent.get_log_prob(obs, sample.chains).log_prob, reference, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("learn_noise_prior,chain_noise", [(False, True), (True, True), (True, False)])
+def test_ppo_on_the_flow_chain_learns_a_bandit(learn_noise_prior, chain_noise):
     """End to end through the real chain log-probs and the PPO trainer (joint ratio, clip 0.2):
     one-step episodes with reward = -||executed action - target||^2 in normalized units. The
     deterministic actions must move clearly towards the target; a sign or bookkeeping error in the
@@ -190,7 +210,8 @@ def test_ppo_on_the_flow_chain_learns_a_bandit(learn_noise_prior):
     base.set_normalizer(LinearNormalizer.fit(
         {"action": torch.rand(50, 7) * 2 - 1, "agent_pos": torch.rand(50, 9), "point_cloud": torch.rand(50, 3)},
         modes={"point_cloud": "identity"}))
-    policy = ManiFlowRLPolicy(base, noise_hidden=32, learn_noise_prior=learn_noise_prior, noise_prior_hidden=16)
+    policy = ManiFlowRLPolicy(base, noise_hidden=32, learn_noise_prior=learn_noise_prior, noise_prior_hidden=16,
+                              chain_noise=chain_noise)
     critic = NormalizedCritic(ValueHead(hidden=16, pc_out=8, state_out=8), base.normalizer, n_obs_steps=2)
     trainer = PPOTrainer(policy, critic, PPOConfig(policy_lr=3e-3, head_lr=3e-3, critic_lr=1e-3,
                                                    mini_batch_size=32, ppo_epochs=4, target_kl=None))

@@ -14,6 +14,12 @@ With a learned noise prior (``rl_policy.learn_noise_prior``, see
 :mod:`equi_diffpo.model.noise_prior`) the first link is a policy transition too:
 ``x_0 ~ N(mu(cond), std^2)``, identical to ``N(0, I)`` at the start of fine-tuning.
 
+``chain_noise=False`` (needs the learned prior) keeps the K Euler steps deterministic: the policy
+is then ``x_0 ~ N(mu, std^2)`` pushed through the frozen pretrained flow (DSRL's "latent-noise
+policy"). Its log-prob is the prior term alone (``horizon * Da`` well-conditioned dims at std ~1
+instead of ``K * n_exec * Da`` terms at sigma ~0.1), its samples are exactly what evaluation
+draws, and the velocity net, which gets no gradient, is frozen.
+
 What the log-prob covers (the PPO ratio uses exactly this):
   * the ``K`` stochastic transitions, plus ``log N(x_0; mu, std)`` over the whole horizon when the
     noise prior is learned; a fixed ``N(0, I)`` prior is left out (no parameters: it cancels in
@@ -104,28 +110,38 @@ class ManiFlowRLPolicy(nn.Module):
 
     def __init__(self, base_policy: ManiFlowPointcloudPolicy, sigma_min: float = 0.08,
                  sigma_max: float = 0.14, noise_hidden: int = 128, normalize_by_dims: bool = False,
-                 learn_noise_prior: bool = False, noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1):
+                 learn_noise_prior: bool = False, noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1,
+                 chain_noise: bool = True):
         """``learn_noise_prior``: give the base policy a learnable ``x0`` distribution (kept if it
-        already has one, e.g. when fine-tuning an RL checkpoint again)."""
+        already has one, e.g. when fine-tuning an RL checkpoint again). ``chain_noise=False``:
+        deterministic Euler steps, only ``x0`` is explored (see the module docstring)."""
         super().__init__()
+        if not chain_noise and not learn_noise_prior:
+            raise ValueError("rl_policy.chain_noise=false leaves no stochastic transition: "
+                             "set rl_policy.learn_noise_prior=true (or chain_noise=true)")
         self.base = base_policy
         if learn_noise_prior:
             base_policy.enable_noise_prior(noise_prior_hidden, noise_prior_std_min)
         self.normalize_by_dims = bool(normalize_by_dims)
+        self.chain_noise = bool(chain_noise)
         self._rl_config = dict(sigma_min=float(sigma_min), sigma_max=float(sigma_max),
                                noise_hidden=int(noise_hidden), normalize_by_dims=self.normalize_by_dims,
                                learn_noise_prior=bool(learn_noise_prior), noise_prior_hidden=int(noise_prior_hidden),
-                               noise_prior_std_min=float(noise_prior_std_min))
-        self.noise_head = NoiseHead(base_policy.horizon, base_policy.action_dim,
-                                    base_policy.obs_encoder.output_dim, int(noise_hidden),
-                                    sigma_min, sigma_max)
+                               noise_prior_std_min=float(noise_prior_std_min), chain_noise=self.chain_noise)
+        self.noise_head = None
+        if self.chain_noise:
+            self.noise_head = NoiseHead(base_policy.horizon, base_policy.action_dim,
+                                        base_policy.obs_encoder.output_dim, int(noise_hidden),
+                                        sigma_min, sigma_max)
+        else:
+            base_policy.velocity_net.requires_grad_(False)
         start = base_policy.n_obs_steps - 1
         self.exec_slice = slice(start, start + base_policy.n_action_steps)
 
     def head_parameters(self) -> List[nn.Parameter]:
         """Parameters added for RL (noise head, noise prior): they start at zero output and get
         their own learning rate (``ppo_trainer.head_lr``)."""
-        heads = [self.noise_head] + ([self.base.noise_prior] if self.base.noise_prior is not None else [])
+        heads = [h for h in (self.noise_head, self.base.noise_prior) if h is not None]
         return [p for head in heads for p in head.parameters()]
 
     def get_rl_config(self) -> Dict[str, Any]:
@@ -172,7 +188,8 @@ class ManiFlowRLPolicy(nn.Module):
             return 1
         n_exec = self.exec_slice.stop - self.exec_slice.start
         prior_dims = self.base.horizon * self.base.action_dim if self.base.noise_prior is not None else 0
-        return self.num_steps * n_exec * self.base.action_dim + prior_dims
+        chain_dims = self.num_steps * n_exec * self.base.action_dim if self.chain_noise else 0
+        return chain_dims + prior_dims
 
     @torch.no_grad()
     def sample_actions(self, obs_dict: Dict[str, torch.Tensor], deterministic: bool = False,
@@ -186,9 +203,12 @@ class ManiFlowRLPolicy(nn.Module):
         x = self.base.initial_noise(cond, noise)
         chain, log_prob = [x], self._prior_terms(x, cond)[0]
         for k in range(self.num_steps):
-            mean, sigma = self._transition(x, k, cond)
-            x = mean if deterministic else mean + sigma * torch.randn_like(mean)
-            log_prob = log_prob + self._slice_terms(x, mean, sigma)[0]
+            if self.chain_noise:
+                mean, sigma = self._transition(x, k, cond)
+                x = mean if deterministic else mean + sigma * torch.randn_like(mean)
+                log_prob = log_prob + self._slice_terms(x, mean, sigma)[0]
+            else:
+                x = self.base.euler_mean(x, k, cond)
             chain.append(x)
         action = self.base.decode_actions(x)["action"]
         return RLSample(action=action, chains=torch.stack(chain, dim=1),
@@ -203,7 +223,7 @@ class ManiFlowRLPolicy(nn.Module):
         chains = chains.to(cond.device)
         log_prob, entropy = self._prior_terms(chains[:, 0], cond)
         # Same per-step computation as sample_actions, so an unchanged policy gives a ratio of 1.
-        for k in range(self.num_steps):
+        for k in range(self.num_steps if self.chain_noise else 0):
             mean, sigma = self._transition(chains[:, k].contiguous(), k, cond)
             step_log_prob, step_entropy = self._slice_terms(chains[:, k + 1], mean, sigma)
             log_prob = log_prob + step_log_prob
