@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from equi_diffpo.common.checkpoint_io import (CheckpointError, atomic_torch_save, export_policy_checkpoint,
-                                              load_payload, load_policy)
+                                              load_payload, load_policy, offset_actions_checkpoint)
 from equi_diffpo.dataset import PointCloudDataset
 from equi_diffpo.workspace.train_maniflow_workspace import TrainManiFlowWorkspace
 
@@ -152,3 +152,19 @@ def test_export_keeps_only_ema_model_and_loads(tiny_bc_run, tmp_path):
     noise = fixed_noise(original, 2)
     torch.testing.assert_close(exported.predict_action(obs, noise=noise)["action"],
                                original.predict_action(obs, noise=noise)["action"], rtol=0, atol=0)
+
+
+def test_offset_checkpoint_shifts_every_action_by_exactly_the_offset(tiny_bc_run, tmp_path):
+    """The deliberately weak RL start (scripts/make_weak_checkpoint.py): same network, actions + offset."""
+    dst = offset_actions_checkpoint(tiny_bc_run.checkpoint, str(tmp_path / "weak.ckpt"), [0.0, -0.01, 0.02])
+    weak, cfg, _ = load_policy(dst)
+    original, _, _ = load_policy(tiny_bc_run.checkpoint)
+    obs = sample_obs(tiny_bc_run.dataset, n=2)
+    noise = fixed_noise(original, 2)
+    shift = weak.predict_action(obs, noise=noise)["action_pred"] - original.predict_action(obs, noise=noise)["action_pred"]
+    expected = torch.zeros(original.action_dim)
+    expected[:3] = torch.tensor([0.0, -0.01, 0.02])
+    torch.testing.assert_close(shift, expected.expand_as(shift), atol=1e-5, rtol=0)
+    assert list(cfg.weakened.action_offset) == [0.0, -0.01, 0.02]
+    with pytest.raises(ValueError, match="entries"):
+        offset_actions_checkpoint(tiny_bc_run.checkpoint, str(tmp_path / "bad.ckpt"), [0.0] * 11)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import dill
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 
 class CheckpointError(RuntimeError):
@@ -104,11 +104,37 @@ def load_policy(path: str, device: str | torch.device = "cpu", expected_config: 
     return policy.to(device), cfg, payload
 
 
+def _slim_payload(payload: Dict[str, Any]) -> Dict[str, Any]:
+    key = "ema_model" if "ema_model" in payload["state_dicts"] else "model"
+    return {"cfg": payload["cfg"], "state_dicts": {"ema_model": dict(payload["state_dicts"][key])},
+            "pickles": {k: v for k, v in payload.get("pickles", {}).items() if k in ("epoch", "global_step", "env_steps")}}
+
+
 def export_policy_checkpoint(src: str, dst: str) -> str:
     """Slim copy of a workspace checkpoint for shipping/sharing: cfg + the policy weights only
     (``ema_model`` if present, else ``model``, stored as ``ema_model``); no optimizer state."""
-    payload = load_payload(src)
-    key = "ema_model" if "ema_model" in payload["state_dicts"] else "model"
-    slim = {"cfg": payload["cfg"], "state_dicts": {"ema_model": payload["state_dicts"][key]},
-            "pickles": {k: v for k, v in payload.get("pickles", {}).items() if k in ("epoch", "global_step", "env_steps")}}
+    return atomic_torch_save(_slim_payload(load_payload(src)), dst)
+
+
+def offset_actions_checkpoint(src: str, dst: str, offset: Sequence[float]) -> str:
+    """Slim copy whose policy adds ``offset`` (raw action units, first ``len(offset)`` action dims,
+    e.g. metres for the position) to every action it outputs: a deliberately miscalibrated policy.
+
+    Why: a reproducible weak starting point whose deficit is known and fixable from reward alone
+    (RL must learn to cancel the offset), like a camera/robot calibration shift between demos and
+    deployment. Done in the action normalizer, ``x = (y - offset) / scale``: shifting raw ``x`` by
+    ``d`` is ``offset -= d * scale``. Recorded in the cfg as ``weakened.action_offset``.
+    """
+    slim = _slim_payload(load_payload(src))
+    state = slim["state_dicts"]["ema_model"]
+    scale, norm_offset = state["normalizer.fields.action.scale"], state["normalizer.fields.action.offset"].clone()
+    delta = torch.as_tensor(list(offset), dtype=norm_offset.dtype)
+    if delta.numel() > norm_offset.numel():
+        raise ValueError(f"offset has {delta.numel()} entries, the action has {norm_offset.numel()} dims")
+    norm_offset[: delta.numel()] -= delta * scale[: delta.numel()]
+    state["normalizer.fields.action.offset"] = norm_offset
+    cfg = OmegaConf.create(slim["cfg"])
+    with open_dict(cfg):
+        cfg.weakened = {"action_offset": [float(x) for x in offset], "source": os.path.abspath(src)}
+    slim["cfg"] = cfg
     return atomic_torch_save(slim, dst)
