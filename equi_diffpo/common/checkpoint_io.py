@@ -135,6 +135,6 @@ def offset_actions_checkpoint(src: str, dst: str, offset: Sequence[float]) -> st
     state["normalizer.fields.action.offset"] = norm_offset
     cfg = OmegaConf.create(slim["cfg"])
     with open_dict(cfg):
-        cfg.weakened = {"action_offset": [float(x) for x in offset], "source": os.path.abspath(src)}
+        cfg.weakened = {"action_offset": [float(x) for x in offset], "source": src}
     slim["cfg"] = cfg
     return atomic_torch_save(slim, dst)
