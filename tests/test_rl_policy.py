@@ -196,28 +196,6 @@ def test_latent_only_policy_explores_x0_through_the_frozen_flow(setup):
     torch.testing.assert_close(latent.get_log_prob(obs, sample.chains).log_prob, reference, atol=1e-4, rtol=1e-5)
 
 
-def test_noise_prior_input_standardisation_keeps_the_policy_and_then_whitens(setup):
-    from equi_diffpo.model.noise_prior import ConditionalNoisePrior
-
-    prior = ConditionalNoisePrior(cond_dim=6, horizon=4, action_dim=3, hidden=8)
-    cond = torch.randn(50, 6) * 0.05 + torch.arange(6.0)        # constant offsets, small variation
-    before = prior(cond)
-    prior.fit_input_stats(cond)
-    for a, b in zip(before, prior(cond)):
-        assert torch.equal(a, b)                                  # zero output layer: unchanged policy
-    first = prior.mean_net[0]
-    seen = []
-    handle = first.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0]))
-    prior(cond)
-    handle.remove()
-    torch.testing.assert_close(seen[0].mean(0), torch.zeros(6), atol=1e-5, rtol=0)
-    torch.testing.assert_close(seen[0].std(0), torch.ones(6), atol=1e-4, rtol=0)
-    with torch.no_grad():
-        prior.mean_net[-1].bias.fill_(0.1)
-    with pytest.raises(RuntimeError, match="before the noise prior is trained"):
-        prior.fit_input_stats(cond)
-
-
 @pytest.mark.parametrize("learn_noise_prior,chain_noise", [(False, True), (True, True), (True, False)])
 def test_ppo_on_the_flow_chain_learns_a_bandit(learn_noise_prior, chain_noise):
     """End to end through the real chain log-probs and the PPO trainer (joint ratio, clip 0.2):

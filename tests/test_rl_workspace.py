@@ -48,7 +48,6 @@ def test_one_epoch_writes_checkpoints_and_metrics(rl_run):
     # prior, while the pretrained velocity net stays frozen.
     changed = [k for k, v in workspace.model.state_dict().items() if not torch.equal(v, bc_weights[k])]
     assert any(k.startswith("noise_prior.") for k in changed)
-    assert bool(workspace.model.noise_prior.input_stats_fitted)    # standardised on the first batch
     assert not any(k.startswith("velocity_net.") for k in changed)
 
 
