@@ -36,29 +36,8 @@ class ConditionalNoisePrior(nn.Module):
         nn.init.zeros_(out.bias)
         self.mean_net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.Mish(), out)
         self.log_std = nn.Parameter(torch.zeros(self.shape))
-        # Standardisation of the mean net's input, see fit_input_stats (identity until fitted).
-        self.register_buffer("cond_mean", torch.zeros(cond_dim))
-        self.register_buffer("cond_std", torch.ones(cond_dim))
-        self.register_buffer("input_stats_fitted", torch.tensor(False))
-
-    @torch.no_grad()
-    def fit_input_stats(self, cond: torch.Tensor, min_std: float = 1e-2) -> None:
-        """Standardise the mean net's input with the per-feature mean/std of ``cond`` ``(B, cond_dim)``.
-
-        Why: pretrained point-cloud features are mostly constant offsets (lift_d0: mean |feature| 0.5,
-        std over states 0.065), so every first-layer weight acts like a bias amplified ~200x. Adam's
-        first, sign-like steps then moved the prior's mean in random directions and PPO's KL stop
-        fired after 1-6 minibatches per update. Only allowed while the output layer is still zero, so
-        fitting never changes the policy (the mean is 0 whatever the input) nor a stored log-prob.
-        """
-        out = self.mean_net[-1]
-        if out.weight.abs().sum() > 0 or out.bias.abs().sum() > 0:
-            raise RuntimeError("fit_input_stats must run before the noise prior is trained")
-        self.cond_mean.copy_(cond.mean(dim=0))
-        self.cond_std.copy_(cond.std(dim=0).clamp_min(min_std))
-        self.input_stats_fitted.fill_(True)
 
     def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.mean_net((cond - self.cond_mean) / self.cond_std).view(cond.shape[0], *self.shape)
+        mean = self.mean_net(cond).view(cond.shape[0], *self.shape)
         std = self.log_std.clamp(self.log_std_min, 0.0).exp().expand_as(mean)
         return mean, std

@@ -106,7 +106,6 @@ class RLWorkspace(BaseWorkspace):
     def train_epoch(self, collector: RLRolloutCollector) -> Dict[str, Any]:
         """One RL epoch: collect a batch of whole episodes, then one PPO update."""
         rollout = collector.collect(self.rl_policy, self.critic, tag=f"rollout{self.epoch:04d}")
-        self._fit_noise_prior_inputs(rollout)
         rewards = self.reward_scaler(rollout.rewards, rollout.episode_end) if self.reward_scaler else rollout.rewards
         batch = rollout_to_ppo_batch(rollout, rewards, self.ppo_cfg.gamma, self.ppo_cfg.gae_lambda).to(self.device)
         start = time.time()
@@ -122,18 +121,6 @@ class RLWorkspace(BaseWorkspace):
                                    "charts/SPS": rollout.env_steps / (rollout.seconds + update_seconds)}
         metrics["video_paths"] = rollout.video_paths
         return metrics
-
-    @torch.no_grad()
-    def _fit_noise_prior_inputs(self, rollout: RolloutBatch) -> None:
-        """Once, on the first batch (before any policy update): standardise the learned noise prior's
-        input features (see ``ConditionalNoisePrior.fit_input_stats``); rank 0's stats for all ranks."""
-        prior = self.model.noise_prior
-        if prior is None or bool(prior.input_stats_fitted):
-            return
-        obs = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in rollout.obs.items()}
-        prior.fit_input_stats(torch.cat([self.model.encode_obs({k: v[i:i + 256] for k, v in obs.items()})
-                                         for i in range(0, len(rollout.rewards), 256)]))
-        broadcast_module(prior)
 
     def validate(self, runner: PointCloudEnvRunner) -> Dict[str, Any]:
         """Deterministic flow (no chain noise) success rate on fixed evaluation seeds."""
