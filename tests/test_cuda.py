@@ -27,12 +27,16 @@ def fixed_obs(policy, batch: int = 3) -> dict:
 
 
 def assert_same_actions_on_cpu(checkpoint: str, trained_policy: torch.nn.Module) -> None:
-    """The checkpoint, loaded on the CPU, gives the trained CUDA policy's actions for the same x0 noise."""
+    """The checkpoint, loaded on the CPU, gives the trained CUDA policy's actions for the same x0 noise.
+
+    TF32 convolutions (cuDNN's default) alone move actions by ~3e-4 (measured on an H200), so the
+    comparison runs the CUDA policy in full fp32."""
     cpu_policy, _, _ = load_policy(checkpoint, "cpu")
     obs = fixed_obs(cpu_policy)
     noise = torch.randn(3, cpu_policy.horizon, cpu_policy.action_dim, generator=torch.Generator().manual_seed(1))
     cpu_action = cpu_policy.eval().predict_action(obs, noise)["action"]
-    cuda_action = trained_policy.eval().predict_action(obs, noise.cuda())["action"].cpu()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        cuda_action = trained_policy.eval().predict_action(obs, noise.cuda())["action"].cpu()
     torch.testing.assert_close(cuda_action, cpu_action, atol=1e-4, rtol=1e-4)
 
 
