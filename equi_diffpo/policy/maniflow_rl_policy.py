@@ -111,7 +111,7 @@ class ManiFlowRLPolicy(nn.Module):
     def __init__(self, base_policy: ManiFlowPointcloudPolicy, sigma_min: float = 0.08,
                  sigma_max: float = 0.14, noise_hidden: int = 128, normalize_by_dims: bool = False,
                  learn_noise_prior: bool = False, noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1,
-                 noise_prior_chunk_shift: bool = False, chain_noise: bool = True):
+                 chain_noise: bool = True):
         """``learn_noise_prior``: give the base policy a learnable ``x0`` distribution (kept if it
         already has one, e.g. when fine-tuning an RL checkpoint again). ``chain_noise=False``:
         deterministic Euler steps, only ``x0`` is explored (see the module docstring)."""
@@ -121,14 +121,13 @@ class ManiFlowRLPolicy(nn.Module):
                              "set rl_policy.learn_noise_prior=true (or chain_noise=true)")
         self.base = base_policy
         if learn_noise_prior:
-            base_policy.enable_noise_prior(noise_prior_hidden, noise_prior_std_min, noise_prior_chunk_shift)
+            base_policy.enable_noise_prior(noise_prior_hidden, noise_prior_std_min)
         self.normalize_by_dims = bool(normalize_by_dims)
         self.chain_noise = bool(chain_noise)
         self._rl_config = dict(sigma_min=float(sigma_min), sigma_max=float(sigma_max),
                                noise_hidden=int(noise_hidden), normalize_by_dims=self.normalize_by_dims,
                                learn_noise_prior=bool(learn_noise_prior), noise_prior_hidden=int(noise_prior_hidden),
-                               noise_prior_std_min=float(noise_prior_std_min),
-                               noise_prior_chunk_shift=bool(noise_prior_chunk_shift), chain_noise=self.chain_noise)
+                               noise_prior_std_min=float(noise_prior_std_min), chain_noise=self.chain_noise)
         self.noise_head = None
         if self.chain_noise:
             self.noise_head = NoiseHead(base_policy.horizon, base_policy.action_dim,
