@@ -58,6 +58,10 @@ def workspace_entry_point(config_name: str) -> Callable[[], None]:
 
     def run() -> None:
         route_task_name()
-        main()
+        try:
+            main()
+        except KeyboardInterrupt:
+            # The workspace already saved latest.ckpt and printed how to resume; a traceback would bury that.
+            raise SystemExit(130) from None
 
     return run
