@@ -25,7 +25,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from equi_diffpo.common.hydra_cli import CONFIG_DIR, parse_key_values
+from equi_diffpo.common.hydra_cli import compose_config, parse_key_values
 from equi_diffpo.rl_training.ppo_trainer import PPOBatch
 
 DEFAULTS: Dict[str, str] = {"devices": "cpu,cuda" if torch.cuda.is_available() else "cpu",
@@ -35,16 +35,9 @@ N_PPO_MINIBATCHES = 4   # minibatches per timed update (ppo_epochs=1)
 
 
 def compose_rl_cfg(checkpoint: str, device: str):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train_maniflow_pointcloud_rl",
-                      overrides=[f"pretrained_policy_path={checkpoint}", f"training.device={device}",
-                                 "logging.mode=disabled", "rl_training.ppo_trainer.target_kl=null",
-                                 "rl_training.ppo_trainer.ppo_epochs=1"])
-    OmegaConf.resolve(cfg)
-    return cfg
+    return compose_config("train_maniflow_pointcloud_rl", [
+        f"pretrained_policy_path={checkpoint}", f"training.device={device}", "logging.mode=disabled",
+        "rl_training.ppo_trainer.target_kl=null", "rl_training.ppo_trainer.ppo_epochs=1"])
 
 
 def synthetic_obs(cfg, batch: int) -> Dict[str, torch.Tensor]:

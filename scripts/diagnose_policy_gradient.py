@@ -26,21 +26,10 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from equi_diffpo.common.hydra_cli import CONFIG_DIR
+from equi_diffpo.common.hydra_cli import compose_config
 from equi_diffpo.rl_training.ppo_trainer import compute_gae
 
 GAMMAS = (0.99, 0.9)
-
-
-def compose_cfg(overrides: List[str]):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train_maniflow_pointcloud_rl",
-                      overrides=["logging.mode=disabled", "rl_training.rollout_collector.render_episodes=0", *overrides])
-    OmegaConf.resolve(cfg)
-    return cfg
 
 
 def collect(cfg, n_batches: int) -> Dict[str, np.ndarray]:
@@ -106,7 +95,8 @@ def main(argv: List[str]) -> None:
             overrides.append(item)
     if n_batches < 2:
         raise SystemExit("n_batches must be >= 2 (the t-statistic needs a spread over batches)")
-    cfg = compose_cfg(overrides)
+    cfg = compose_config("train_maniflow_pointcloud_rl",
+                         ["logging.mode=disabled", "rl_training.rollout_collector.render_episodes=0", *overrides])
     data = collect(cfg, n_batches)
     start = cfg.policy.n_obs_steps - 1
     exec_slice = slice(start, start + cfg.policy.n_action_steps)

@@ -16,17 +16,15 @@ import os
 import pathlib
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from equi_diffpo.common.hydra_cli import CONFIG_DIR  # noqa: E402
+from equi_diffpo.common.hydra_cli import compose_config as compose_cfg  # noqa: E402,F401 (tests import it from here)
 from equi_diffpo.dataset import ReplayBuffer  # noqa: E402
 
 torch.set_num_threads(1)
@@ -58,14 +56,6 @@ TINY_RL: List[str] = TINY_TASK + [
     "rl_training.ppo_trainer.critic_warmup_epochs=0", "rl_training.ppo_trainer.ppo_epochs=1",
     "rl_training.ppo_trainer.mini_batch_size=8", "logging.mode=disabled",
 ]
-
-
-def compose_cfg(config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """The config a ``scripts/*.py`` entry point would see for these overrides (resolved)."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
-    OmegaConf.resolve(cfg)
-    return cfg
 
 
 def bc_overrides(dataset: str, **training: object) -> List[str]:

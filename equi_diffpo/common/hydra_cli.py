@@ -9,13 +9,28 @@ from __future__ import annotations
 
 import pathlib
 import sys
-from typing import Callable, Dict, List
+from typing import TYPE_CHECKING, Callable, Dict, List, Sequence
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "config"
 
 
 def available_tasks() -> List[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml"))
+
+
+def compose_config(config_name: str, overrides: Sequence[str] = ()) -> "DictConfig":
+    """The resolved config an entry point would see for ``overrides``, through hydra's compose API:
+    for tests and for the benchmark/diagnostic scripts, which are not hydra apps."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    return cfg
 
 
 def route_task_name(argv: List[str] | None = None) -> None:
