@@ -55,18 +55,26 @@ def test_train_rl_one_epoch(tiny_checkpoint, tmp_path):
 
 
 def test_train_rl_ctrl_c_saves_and_exits_cleanly(tiny_checkpoint, tmp_path):
-    """SIGINT mid-run: latest.ckpt written, the resume hint printed, exit 130 and no traceback."""
+    """SIGINT mid-run: latest.ckpt written, the resume hint printed, exit 130 and no traceback.
+    Output goes to files, not pipes: an unread pipe would fill up and block the run."""
     run_dir = tmp_path / "rl_interrupted"
     env = dict(os.environ, MUJOCO_GL="egl", WANDB_MODE="disabled", OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
-    proc = subprocess.Popen([PYTHON, "scripts/train_rl.py", *rl_args(tiny_checkpoint), "rl_training.num_epochs=100000",
-                             "rl_training.checkpoint_every=100000", f"hydra.run.dir={run_dir}"],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen([PYTHON, "scripts/train_rl.py", *rl_args(tiny_checkpoint), "rl_training.num_epochs=100000",
+                                 "rl_training.checkpoint_every=100000", f"hydra.run.dir={run_dir}"],
+                                cwd=REPO_ROOT, env=env, stdout=out, stderr=err)
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.time() + 180
+        while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:   # fail below with the run's output, not a bare timeout
+            proc.kill()
+            proc.wait()
+    stdout, stderr = out_path.read_text(), err_path.read_text()
     assert proc.returncode == 130, f"exit {proc.returncode}\n{stdout[-2000:]}\n{stderr[-2000:]}"
     assert "interrupted: saved" in stdout and "Traceback" not in stderr, stderr[-2000:]
     assert load_payload(str(run_dir / "checkpoints" / "latest.ckpt"))["pickles"]["epoch"] >= 1
