@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from equi_diffpo.common.interrupt import raise_if_interrupted
 from equi_diffpo.common.threads import torch_threads
 from equi_diffpo.env.chunked_env import ChunkResult
 from equi_diffpo.env.vector_env import VectorEnv
@@ -84,6 +85,7 @@ def _run_episodes(vec_env: VectorEnv, n_episodes: int, policy_step: PolicyStep, 
     while active:
         env_ids = sorted(active)
         batch = {k: np.stack([obs[i][k] for i in env_ids]) for k in obs[env_ids[0]]}
+        raise_if_interrupted()
         out = policy_step(batch)
         results = vec_env.step_chunk(env_ids, out["action"], [active[i].index < render_episodes for i in env_ids])
         restart: List[int] = []

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from equi_diffpo.common.checkpoint_io import CheckpointError, load_policy
 from equi_diffpo.common.distributed import DistInfo, broadcast_module, cleanup_distributed, init_distributed
+from equi_diffpo.common.interrupt import InterruptGuard
 from equi_diffpo.common.run_logger import RunLogger
 from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
 from equi_diffpo.model.value_head import ValueHead
@@ -138,33 +139,35 @@ class RLWorkspace(BaseWorkspace):
         collector = self.make_collector()
         runner = self.make_val_runner() if main and rl.val_every else None
         metrics: Dict[str, Any] = {}
-        try:
-            if runner is not None and self.epoch == 0:
-                metrics = self.validate(runner)
-                logger.log(metrics, step=self.env_steps)
-                print(f"before RL: success {metrics['eval/success_rate']:.2f}")
-            bar = tqdm(range(self.epoch, rl.num_epochs), desc="RL epochs", disable=not main)
-            for _ in bar:
-                metrics = self.train_epoch(collector)
-                self.epoch += 1
-                last = self.epoch == rl.num_epochs
-                if runner is not None and (self.epoch % rl.val_every == 0 or last):
-                    metrics.update(self.validate(runner))
-                logger.log(metrics, step=self.env_steps)
-                bar.set_postfix(success=f"{metrics['charts/success_rate']:.2f}", steps=self.env_steps)
-                if main and rl.checkpoint_every and (self.epoch % rl.checkpoint_every == 0 or last):
-                    self.save_checkpoint()
-                    self.save_checkpoint(f"epoch_{self.epoch:04d}")
-        except KeyboardInterrupt:
-            if main:
-                print(f"\ninterrupted: saved {self.save_checkpoint()}; rerun with hydra.run.dir={self.output_dir} to resume")
-            raise
-        except FloatingPointError as err:
-            raise FloatingPointError(f"{err}\nlast good checkpoint: {self.latest_checkpoint()}") from err
-        finally:
-            collector.close()
-            if runner is not None:
-                runner.close()
-            logger.finish()
-            cleanup_distributed()
+        with InterruptGuard() as guard:
+            try:
+                if runner is not None and self.epoch == 0:
+                    metrics = self.validate(runner)
+                    logger.log(metrics, step=self.env_steps)
+                    print(f"before RL: success {metrics['eval/success_rate']:.2f}")
+                bar = tqdm(range(self.epoch, rl.num_epochs), desc="RL epochs", disable=not main)
+                for _ in bar:
+                    guard.check()
+                    metrics = self.train_epoch(collector)
+                    self.epoch += 1
+                    last = self.epoch == rl.num_epochs
+                    if runner is not None and (self.epoch % rl.val_every == 0 or last):
+                        metrics.update(self.validate(runner))
+                    logger.log(metrics, step=self.env_steps)
+                    bar.set_postfix(success=f"{metrics['charts/success_rate']:.2f}", steps=self.env_steps)
+                    if main and rl.checkpoint_every and (self.epoch % rl.checkpoint_every == 0 or last):
+                        self.save_checkpoint()
+                        self.save_checkpoint(f"epoch_{self.epoch:04d}")
+            except KeyboardInterrupt:
+                if main:
+                    print(f"\ninterrupted: saved {self.save_checkpoint()}; rerun with hydra.run.dir={self.output_dir} to resume")
+                raise
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{err}\nlast good checkpoint: {self.latest_checkpoint()}") from err
+            finally:
+                collector.close()
+                if runner is not None:
+                    runner.close()
+                logger.finish()
+                cleanup_distributed()
         return metrics

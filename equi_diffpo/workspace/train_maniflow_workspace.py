@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import signal
 import time
 from typing import Any, Dict
 
@@ -14,6 +13,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from equi_diffpo.common.interrupt import InterruptGuard, raise_if_interrupted
 from equi_diffpo.common.run_logger import RunLogger
 from equi_diffpo.dataset.pointcloud_dataset import PointCloudDataset
 from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
@@ -92,26 +92,28 @@ class TrainManiFlowWorkspace(BaseWorkspace):
                                      vec_mode=cfg.eval.vec_mode)
         metrics: Dict[str, Any] = {}
         start = time.time()
-        try:
-            while self.epoch < cfg.training.num_epochs and self.global_step < total_steps:
-                metrics = {"train/epoch": self.epoch, **self._train_epoch(loader, scheduler, total_steps)}
-                last = self.epoch + 1 == cfg.training.num_epochs or self.global_step >= total_steps
-                if cfg.training.val_every and (self.epoch % cfg.training.val_every == 0 or last) and len(val_loader):
-                    metrics["train/val_loss"] = self._val_loss(val_loader)
-                if cfg.training.rollout_every and ((self.epoch + 1) % cfg.training.rollout_every == 0 or last):
-                    metrics.update(runner.run(self.ema_model, tag=f"epoch{self.epoch:04d}"))
-                metrics["perf/train_minutes"] = (time.time() - start) / 60
-                self.epoch += 1
-                logger.log(metrics, step=self.global_step)
-                if cfg.training.checkpoint_every and (self.epoch % cfg.training.checkpoint_every == 0 or last):
-                    self.save_checkpoint()
-                    self.save_checkpoint(f"epoch_{self.epoch:04d}")
-        except KeyboardInterrupt:
-            print(f"\ninterrupted: saving {self.save_checkpoint()} (resume with the same command and hydra.run.dir)")
-            raise
-        finally:
-            runner.close()
-            logger.finish()
+        with InterruptGuard() as guard:
+            try:
+                while self.epoch < cfg.training.num_epochs and self.global_step < total_steps:
+                    guard.check()
+                    metrics = {"train/epoch": self.epoch, **self._train_epoch(loader, scheduler, total_steps)}
+                    last = self.epoch + 1 == cfg.training.num_epochs or self.global_step >= total_steps
+                    if cfg.training.val_every and (self.epoch % cfg.training.val_every == 0 or last) and len(val_loader):
+                        metrics["train/val_loss"] = self._val_loss(val_loader)
+                    if cfg.training.rollout_every and ((self.epoch + 1) % cfg.training.rollout_every == 0 or last):
+                        metrics.update(runner.run(self.ema_model, tag=f"epoch{self.epoch:04d}"))
+                    metrics["perf/train_minutes"] = (time.time() - start) / 60
+                    self.epoch += 1
+                    logger.log(metrics, step=self.global_step)
+                    if cfg.training.checkpoint_every and (self.epoch % cfg.training.checkpoint_every == 0 or last):
+                        self.save_checkpoint()
+                        self.save_checkpoint(f"epoch_{self.epoch:04d}")
+            except KeyboardInterrupt:
+                print(f"\ninterrupted: saving {self.save_checkpoint()} (resume with the same command and hydra.run.dir)")
+                raise
+            finally:
+                runner.close()
+                logger.finish()
         return metrics
 
     def _train_epoch(self, loader: DataLoader, scheduler, total_steps: int) -> Dict[str, float]:
@@ -119,6 +121,7 @@ class TrainManiFlowWorkspace(BaseWorkspace):
         losses = []
         with tqdm(loader, desc=f"epoch {self.epoch}", leave=False) as bar:
             for batch in bar:
+                raise_if_interrupted()
                 loss, _info = self.model.compute_loss(to_device(batch, self.device), self.ema_model)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite BC loss at epoch {self.epoch}, step {self.global_step}; "
