@@ -9,6 +9,7 @@ its env is reported as crashed (``None``) so the caller drops that episode and r
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 import traceback
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -24,6 +25,9 @@ class EnvWorkerError(RuntimeError):
 
 
 def _worker(conn, env_kwargs: Dict[str, Any]) -> None:
+    # A terminal Ctrl-C reaches the whole process group: the parent stops at a safe point and closes
+    # the workers (equi_diffpo/common/interrupt.py), so a worker must not die mid-episode first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     env = None
     try:
         env = ChunkedEnv(**env_kwargs)
@@ -36,7 +40,7 @@ def _worker(conn, env_kwargs: Dict[str, Any]) -> None:
                 conn.send(("ok", getattr(env, cmd)(*args)))
             except Exception:  # report env errors to the parent instead of dying silently
                 conn.send(("error", traceback.format_exc()))
-    except (EOFError, KeyboardInterrupt):
+    except EOFError:   # the parent is gone
         pass
     except Exception:
         conn.send(("error", traceback.format_exc()))
