@@ -37,7 +37,7 @@ def collect(cfg, n_batches: int) -> Dict[str, np.ndarray]:
     success, episode_end, batch index, chunk index within its episode (all ``(T,)``)."""
     from equi_diffpo.rl_training.rl_workspace import RLWorkspace
 
-    workspace = RLWorkspace(cfg, output_dir=cfg.get("output_dir") or "data/outputs/diagnose_policy_gradient")
+    workspace = RLWorkspace(cfg, output_dir="data/outputs/diagnose_policy_gradient")
     collector = workspace.make_collector()
     parts: Dict[str, List[np.ndarray]] = {k: [] for k in ("x0", "rewards", "success", "episode_end", "batch")}
     try:

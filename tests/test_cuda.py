@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from conftest import TINY_RL, bc_overrides, compose_cfg, read_metrics
+from conftest import BOX_HI, BOX_LO, N_POINTS, TINY_RL, bc_overrides, compose_cfg, read_metrics
 from equi_diffpo.common.checkpoint_io import load_policy
 from equi_diffpo.workspace.base_workspace import resolve_device
 
@@ -19,10 +19,11 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 
 def fixed_obs(policy, batch: int = 3) -> dict:
-    """Raw obs ``(B, n_obs_steps, ...)`` of a fixed seed, in the task's crop box."""
+    """Raw obs ``(B, n_obs_steps, ...)`` of a fixed seed, in the tiny dataset's crop box."""
     gen = torch.Generator().manual_seed(0)
     n_obs = policy.n_obs_steps
-    cloud = torch.rand(batch, n_obs, 64, 3, generator=gen) * torch.tensor([1.0, 1.0, 0.8]) + torch.tensor([-0.5, -0.5, 0.8])
+    lo, hi = torch.as_tensor(BOX_LO, dtype=torch.float32), torch.as_tensor(BOX_HI, dtype=torch.float32)
+    cloud = lo + (hi - lo) * torch.rand(batch, n_obs, N_POINTS, 3, generator=gen)
     return {"point_cloud": cloud, "agent_pos": 0.1 * torch.randn(batch, n_obs, 9, generator=gen)}
 
 

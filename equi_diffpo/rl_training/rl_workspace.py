@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from equi_diffpo.common.checkpoint_io import CheckpointError, load_policy
 from equi_diffpo.common.distributed import DistInfo, broadcast_module, cleanup_distributed, init_distributed
-from equi_diffpo.common.interrupt import InterruptGuard
+from equi_diffpo.common.interrupt import InterruptGuard, raise_if_interrupted
 from equi_diffpo.common.run_logger import RunLogger
 from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
 from equi_diffpo.model.value_head import ValueHead
@@ -139,7 +139,7 @@ class RLWorkspace(BaseWorkspace):
         collector = self.make_collector()
         runner = self.make_val_runner() if main and rl.val_every else None
         metrics: Dict[str, Any] = {}
-        with InterruptGuard() as guard:
+        with InterruptGuard():
             try:
                 if runner is not None and self.epoch == 0:
                     metrics = self.validate(runner)
@@ -147,7 +147,7 @@ class RLWorkspace(BaseWorkspace):
                     print(f"before RL: success {metrics['eval/success_rate']:.2f}")
                 bar = tqdm(range(self.epoch, rl.num_epochs), desc="RL epochs", disable=not main)
                 for _ in bar:
-                    guard.check()
+                    raise_if_interrupted()
                     metrics = self.train_epoch(collector)
                     self.epoch += 1
                     last = self.epoch == rl.num_epochs

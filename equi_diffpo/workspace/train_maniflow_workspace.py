@@ -92,10 +92,10 @@ class TrainManiFlowWorkspace(BaseWorkspace):
                                      vec_mode=cfg.eval.vec_mode)
         metrics: Dict[str, Any] = {}
         start = time.time()
-        with InterruptGuard() as guard:
+        with InterruptGuard():
             try:
                 while self.epoch < cfg.training.num_epochs and self.global_step < total_steps:
-                    guard.check()
+                    raise_if_interrupted()
                     metrics = {"train/epoch": self.epoch, **self._train_epoch(loader, scheduler, total_steps)}
                     last = self.epoch + 1 == cfg.training.num_epochs or self.global_step >= total_steps
                     if cfg.training.val_every and (self.epoch % cfg.training.val_every == 0 or last) and len(val_loader):
