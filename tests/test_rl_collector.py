@@ -85,3 +85,19 @@ def test_collects_whole_episodes_with_consistent_arrays(rl_workspace, tmp_path, 
                                                          torch.from_numpy(batch.chains)).log_prob.numpy()
     np.testing.assert_allclose(np.exp(recomputed - batch.log_probs), 1.0, atol=1e-4)
     assert np.all(np.isfinite(batch.log_probs))
+
+
+def test_shaped_reward_episodes_are_not_bootstrapped_at_the_time_limit(rl_workspace, tmp_path):
+    """task.reward_shaping: a success pays for the remaining steps (finite horizon), so a truncated episode
+    must not get the critic's infinite-horizon value on top (see the collector's docstring)."""
+    task = dict(rl_workspace.cfg.task, reward_shaping=True)
+    collector = RLRolloutCollector(task, str(tmp_path), n_episodes_per_batch=2, n_envs=1,
+                                   max_episode_steps=MAX_EPISODE_STEPS, n_obs_steps=2, seed=0, vec_mode="inline")
+    try:
+        batch = collector.collect(rl_workspace.rl_policy, rl_workspace.critic)
+    finally:
+        collector.close()
+    flat = [s for e in batch.episodes for s in e.steps]
+    truncated = [i for i, s in enumerate(flat) if s.truncated]
+    assert truncated and np.all(batch.next_values[truncated] == 0)
+    assert np.all(batch.next_values[batch.episode_end == 0] != 0)   # inside episodes the critic still bootstraps

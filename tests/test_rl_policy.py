@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.distributions import Normal
+from torch.distributions import MultivariateNormal, Normal
 
 from equi_diffpo.model.normalizer import LinearNormalizer
 from equi_diffpo.model.value_head import ValueHead
@@ -194,6 +194,39 @@ def test_latent_only_policy_explores_x0_through_the_frozen_flow(setup):
     reference = Normal(mean.detach(), std.detach()).log_prob(sample.chains[:, 0]).sum(dim=(1, 2))
     torch.testing.assert_close(sample.log_prob, reference, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(latent.get_log_prob(obs, sample.chains).log_prob, reference, atol=1e-4, rtol=1e-5)
+
+
+def test_chunk_shared_x0_exploration_has_exact_log_prob_and_leaves_evaluation_alone(setup):
+    """noise_prior_chunk_std: x0 column d ~ N(mu_d, diag(std_d^2) + c_d^2 11^T); reference = a full-covariance
+    MultivariateNormal per action dim; deterministic mode and predict_action leave the shared term out."""
+    rl, obs = setup
+    with pytest.raises(ValueError, match="learn_noise_prior"):
+        ManiFlowRLPolicy(rl.base, chain_noise=False, noise_prior_chunk_std=0.3)
+    latent = ManiFlowRLPolicy(rl.base, learn_noise_prior=True, noise_prior_hidden=16, chain_noise=False,
+                              noise_prior_chunk_std=0.3)
+    with torch.no_grad():
+        rl.base.noise_prior.mean_net[-1].bias.normal_(0.0, 0.5)
+        rl.base.noise_prior.log_std.uniform_(-1.0, 0.0)
+        latent.chunk_log_std.uniform_(-2.0, -0.5)
+    noise = torch.randn(B, TINY["horizon"], 7)
+    torch.testing.assert_close(latent.sample_actions(obs, deterministic=True, noise=noise).action,
+                               rl.base.predict_action(obs, noise)["action"])
+    sample = latent.sample_actions(obs, noise=noise)
+    shared = sample.chains[:, 0] - latent.sample_actions(obs, deterministic=True, noise=noise).chains[:, 0]
+    torch.testing.assert_close(shared, shared[:, :1].expand_as(shared))   # one draw per chunk and dim
+    mean, std = (t.detach() for t in rl.base.noise_prior(rl.base.encode_obs(obs)))
+    c = latent.chunk_std().detach()
+    H = TINY["horizon"]
+    reference = torch.zeros(B)
+    for d in range(7):
+        cov = torch.diag_embed(std[:, :, d].square()) + c[d] ** 2 * torch.ones(H, H)
+        reference += MultivariateNormal(mean[:, :, d], covariance_matrix=cov).log_prob(sample.chains[:, 0, :, d])
+    torch.testing.assert_close(sample.log_prob, reference, atol=1e-4, rtol=1e-5)
+    result = latent.get_log_prob(obs, sample.chains)
+    torch.testing.assert_close(result.log_prob, reference, atol=1e-4, rtol=1e-5)
+    result.log_prob.sum().backward()
+    assert latent.chunk_log_std.grad.abs().sum() > 0
+    assert any(p is latent.chunk_log_std for p in latent.head_parameters())
 
 
 @pytest.mark.parametrize("learn_noise_prior,chain_noise", [(False, True), (True, True), (True, False)])

@@ -20,6 +20,15 @@ policy"). Its log-prob is the prior term alone (``horizon * Da`` well-conditione
 instead of ``K * n_exec * Da`` terms at sigma ~0.1), its samples are exactly what evaluation
 draws, and the velocity net, which gets no gradient, is frozen.
 
+Chunk-shared exploration in ``x_0`` (``rl_policy.noise_prior_chunk_std`` > 0): RL adds
+``chunk_std * eta``, ``eta ~ N(0, I_Da)`` drawn once per chunk and shared by all its time steps, so each
+action dim's ``x_0`` column is ``N(mu_d, diag(std_d^2) + chunk_std_d^2 1 1^T)``. Why: with i.i.d. noise
+per (time, dim) entry a chunk-wide correction (on lift_d0, lower the gripper for the whole grasp) is
+explored only through the average of 16 independent draws, and the policy gradient for it is at noise
+level per batch (``scripts/diagnose_policy_gradient.py``); temporally correlated exploration (as in
+"Pink Noise Is All You Need", Eberhard et al. 2023) explores it directly. The log-prob stays exact
+(rank-one covariance); evaluation (``predict_action``, deterministic mode) leaves the term out.
+
 What the log-prob covers (the PPO ratio uses exactly this):
   * the ``K`` stochastic transitions, plus ``log N(x_0; mu, std)`` over the whole horizon when the
     noise prior is learned; a fixed ``N(0, I)`` prior is left out (no parameters: it cancels in
@@ -44,6 +53,7 @@ from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
+from torch.distributions import LowRankMultivariateNormal
 
 from equi_diffpo.model.velocity_net import SinusoidalEmbedding
 from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
@@ -58,6 +68,18 @@ def gaussian_terms(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tu
     log_prob = (-0.5 * z.square() - log_std - _HALF_LOG_2PI).sum(dim=(1, 2))
     entropy = (0.5 + _HALF_LOG_2PI + log_std).sum(dim=(1, 2))
     return log_prob, entropy
+
+
+def chunk_correlated_terms(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                           chunk_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-density of ``x`` and entropy, each ``(B, T, D)`` summed to ``(B,)``, when every action dim's
+    column ``x[:, :, d]`` is ``N(mean_d, diag(std_d^2) + chunk_std_d^2 * 1 1^T)``: the i.i.d. noise plus
+    one draw per dim shared by all ``T`` time steps. ``chunk_std`` ``(D,)``. Rank-one covariance, so
+    ``LowRankMultivariateNormal`` evaluates it exactly in O(T)."""
+    B, T, D = x.shape
+    dist = LowRankMultivariateNormal(mean.transpose(1, 2), cov_factor=chunk_std.view(1, D, 1, 1).expand(B, D, T, 1),
+                                     cov_diag=std.transpose(1, 2).square())
+    return dist.log_prob(x.transpose(1, 2)).sum(-1), dist.entropy().sum(-1)
 
 
 @dataclass
@@ -111,10 +133,12 @@ class ManiFlowRLPolicy(nn.Module):
     def __init__(self, base_policy: ManiFlowPointcloudPolicy, sigma_min: float = 0.08,
                  sigma_max: float = 0.14, noise_hidden: int = 128, normalize_by_dims: bool = False,
                  learn_noise_prior: bool = False, noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1,
-                 chain_noise: bool = True):
+                 chain_noise: bool = True, noise_prior_chunk_std: float = 0.0):
         """``learn_noise_prior``: give the base policy a learnable ``x0`` distribution (kept if it
         already has one, e.g. when fine-tuning an RL checkpoint again). ``chain_noise=False``:
-        deterministic Euler steps, only ``x0`` is explored (see the module docstring)."""
+        deterministic Euler steps, only ``x0`` is explored (see the module docstring).
+        ``noise_prior_chunk_std`` > 0 (needs the prior): exploration shared by the chunk's time steps,
+        a learnable std per action dim starting at this value (see the module docstring)."""
         super().__init__()
         if not chain_noise and not learn_noise_prior:
             raise ValueError("rl_policy.chain_noise=false leaves no stochastic transition: "
@@ -122,12 +146,20 @@ class ManiFlowRLPolicy(nn.Module):
         self.base = base_policy
         if learn_noise_prior:
             base_policy.enable_noise_prior(noise_prior_hidden, noise_prior_std_min)
+        if not 0 <= noise_prior_chunk_std <= 1:
+            raise ValueError(f"rl_policy.noise_prior_chunk_std must lie in [0, 1], got {noise_prior_chunk_std}")
+        if noise_prior_chunk_std > 0 and base_policy.noise_prior is None:
+            raise ValueError("rl_policy.noise_prior_chunk_std > 0 explores x0: set rl_policy.learn_noise_prior=true")
         self.normalize_by_dims = bool(normalize_by_dims)
         self.chain_noise = bool(chain_noise)
         self._rl_config = dict(sigma_min=float(sigma_min), sigma_max=float(sigma_max),
                                noise_hidden=int(noise_hidden), normalize_by_dims=self.normalize_by_dims,
                                learn_noise_prior=bool(learn_noise_prior), noise_prior_hidden=int(noise_prior_hidden),
-                               noise_prior_std_min=float(noise_prior_std_min), chain_noise=self.chain_noise)
+                               noise_prior_std_min=float(noise_prior_std_min), chain_noise=self.chain_noise,
+                               noise_prior_chunk_std=float(noise_prior_chunk_std))
+        self.chunk_log_std = None
+        if noise_prior_chunk_std > 0:
+            self.chunk_log_std = nn.Parameter(torch.full((base_policy.action_dim,), math.log(noise_prior_chunk_std)))
         self.noise_head = None
         if self.chain_noise:
             self.noise_head = NoiseHead(base_policy.horizon, base_policy.action_dim,
@@ -142,7 +174,8 @@ class ManiFlowRLPolicy(nn.Module):
         """Parameters added for RL (noise head, noise prior): they start at zero output and get
         their own learning rate (``ppo_trainer.head_lr``)."""
         heads = [h for h in (self.noise_head, self.base.noise_prior) if h is not None]
-        return [p for head in heads for p in head.parameters()]
+        chunk = [self.chunk_log_std] if self.chunk_log_std is not None else []
+        return [p for head in heads for p in head.parameters()] + chunk
 
     def get_rl_config(self) -> Dict[str, Any]:
         """The RL-specific ctor kwargs (the base's are in ``base.get_policy_config()``)."""
@@ -181,7 +214,13 @@ class ManiFlowRLPolicy(nn.Module):
         if self.base.noise_prior is None:
             zeros = torch.zeros(x0.shape[0], device=x0.device)
             return zeros, zeros
-        return gaussian_terms(x0, *self.base.noise_prior(cond))
+        if self.chunk_log_std is None:
+            return gaussian_terms(x0, *self.base.noise_prior(cond))
+        return chunk_correlated_terms(x0, *self.base.noise_prior(cond), self.chunk_std())
+
+    def chunk_std(self) -> torch.Tensor:
+        """``(Da,)`` std of the chunk-shared ``x0`` exploration, at most 1 like the prior's own std."""
+        return self.chunk_log_std.clamp(max=0.0).exp()
 
     def _normalizer_count(self) -> int:
         if not self.normalize_by_dims:
@@ -196,11 +235,14 @@ class ManiFlowRLPolicy(nn.Module):
                        noise: torch.Tensor | None = None) -> RLSample:
         """Roll the chain. obs_dict: raw ``(B, To, ...)``; ``noise`` optional ``x_0`` ``(B, horizon, Da)``.
 
-        Deterministic mode sets ``x_{k+1}`` to the transition mean (its ``log_prob`` is still the
-        density of that chain under the stochastic policy, so it is well defined).
+        Deterministic mode sets ``x_{k+1}`` to the transition mean and leaves out the chunk-shared ``x0``
+        exploration (its ``log_prob`` is still the density of that chain under the stochastic policy,
+        so it is well defined); ``x0`` itself stays a prior draw, as in :meth:`predict_action`.
         """
         cond = self.base.encode_obs(obs_dict)
         x = self.base.initial_noise(cond, noise)
+        if self.chunk_log_std is not None and not deterministic:
+            x = x + self.chunk_std() * torch.randn(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype)
         chain, log_prob = [x], self._prior_terms(x, cond)[0]
         for k in range(self.num_steps):
             if self.chain_noise:

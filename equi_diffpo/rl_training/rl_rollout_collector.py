@@ -6,6 +6,13 @@ stopping early on success = termination, or at ``max_episode_steps`` = truncatio
 critic run batched over all envs on ``training.device``; envs step in worker processes.
 Each call returns exactly ``n_episodes_per_batch`` complete episodes (all steps of each), so
 GAE never sees a cut-off episode.
+
+Time-limit truncation bootstraps from the critic (the task goes on, the episode was just cut),
+except with ``task.reward_shaping``: there a success pays robosuite's maximum reward for the
+episode's remaining steps (``robosuite_env.py``), a finite-horizon return. Bootstrapping the
+truncated, failed episodes with an infinite-horizon value would then price hovering near the cube
+above succeeding: measured on lift_d0 (weak start, shaped reward) the mean value target grew
+1.3 -> 4.9 over 5 epochs while the episode returns stayed flat.
 """
 from __future__ import annotations
 
@@ -63,6 +70,7 @@ class RLRolloutCollector:
         self.output_dir = output_dir
         kwargs = env_kwargs_from_task(task, n_obs_steps, render_size if render_episodes > 0 else None, max_episode_steps)
         self.vec_env = VectorEnv(kwargs, min(n_envs, n_episodes_per_batch), mode=vec_mode, seed=seed)
+        self.bootstrap_truncated = not bool(task.get("reward_shaping", False))   # see the module docstring
         # Training episodes draw fresh seeds from their own stream (evaluation uses 100000+).
         self._seed_rng = np.random.default_rng(seed)
 
@@ -86,7 +94,7 @@ class RLRolloutCollector:
         steps = [s for e in episodes for s in e.steps]
         truncated = np.array([s.truncated for s in steps])
         next_values = np.zeros(len(steps), dtype=np.float32)
-        if truncated.any():   # bootstrap only where the time limit, not the task, ended the episode
+        if self.bootstrap_truncated and truncated.any():   # where the time limit, not the task, ended it
             idx = np.flatnonzero(truncated)
             next_obs = {k: np.stack([steps[i].next_obs[k] for i in idx]) for k in steps[0].next_obs}
             next_values[idx] = critic(torch_obs(next_obs, device)).cpu().numpy()
