@@ -175,6 +175,25 @@ def test_learned_noise_prior_adds_exact_x0_term_and_starts_as_bc(setup):
 
 
 
+def test_chunk_shift_prior_shares_one_mean_per_action_dim_and_rebuilds_from_config():
+    """noise_prior_chunk_shift: the x0 mean is the same at every horizon step (Da outputs, not H x Da),
+    std stays per entry, and a checkpoint's policy config rebuilds that architecture."""
+    torch.manual_seed(0)
+    base = ManiFlowPointcloudPolicy(**TINY)
+    base.enable_noise_prior(hidden=16, chunk_shift=True)
+    prior = base.noise_prior
+    assert prior.mean_net[-1].out_features == 7
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.normal_(0.0, 0.5)
+    mean, std = prior(torch.randn(B, base.obs_encoder.output_dim))
+    assert mean.shape == std.shape == (B, TINY["horizon"], 7)
+    torch.testing.assert_close(mean, mean[:, :1].expand_as(mean))
+    assert mean[:, 0].std(dim=1).min() > 0 and std[0].std() > 0
+    rebuilt = ManiFlowPointcloudPolicy(**base.get_policy_config())
+    rebuilt.load_state_dict(base.state_dict())
+    assert rebuilt.noise_prior.mean_net[-1].out_features == 7
+
 
 def test_latent_only_policy_explores_x0_through_the_frozen_flow(setup):
     """chain_noise=False: actions are the base flow from x0 ~ prior, log-prob is the prior term alone."""
@@ -229,8 +248,9 @@ def test_chunk_shared_x0_exploration_has_exact_log_prob_and_leaves_evaluation_al
     assert any(p is latent.chunk_log_std for p in latent.head_parameters())
 
 
-@pytest.mark.parametrize("learn_noise_prior,chain_noise", [(False, True), (True, True), (True, False)])
-def test_ppo_on_the_flow_chain_learns_a_bandit(learn_noise_prior, chain_noise):
+@pytest.mark.parametrize("learn_noise_prior,chain_noise,chunk_shift",
+                         [(False, True, False), (True, True, False), (True, False, False), (True, False, True)])
+def test_ppo_on_the_flow_chain_learns_a_bandit(learn_noise_prior, chain_noise, chunk_shift):
     """End to end through the real chain log-probs and the PPO trainer (joint ratio, clip 0.2):
     one-step episodes with reward = -||executed action - target||^2 in normalized units. The
     deterministic actions must move clearly towards the target; a sign or bookkeeping error in the
@@ -244,7 +264,7 @@ def test_ppo_on_the_flow_chain_learns_a_bandit(learn_noise_prior, chain_noise):
         {"action": torch.rand(50, 7) * 2 - 1, "agent_pos": torch.rand(50, 9), "point_cloud": torch.rand(50, 3)},
         modes={"point_cloud": "identity"}))
     policy = ManiFlowRLPolicy(base, noise_hidden=32, learn_noise_prior=learn_noise_prior, noise_prior_hidden=16,
-                              chain_noise=chain_noise)
+                              noise_prior_chunk_shift=chunk_shift, chain_noise=chain_noise)
     critic = NormalizedCritic(ValueHead(hidden=16, pc_out=8, state_out=8), base.normalizer, n_obs_steps=2)
     trainer = PPOTrainer(policy, critic, PPOConfig(policy_lr=3e-3, head_lr=3e-3, critic_lr=1e-3,
                                                    mini_batch_size=32, ppo_epochs=4, target_kl=None))

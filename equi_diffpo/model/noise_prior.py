@@ -8,6 +8,12 @@ its effect is pure variance in the policy gradient. Making ``x0 ~ N(mu(cond), st
 transition like the others (DSRL steers diffusion policies the same way, through their latent
 noise) gives PPO an exact log-prob for it. At initialisation ``mu = 0`` and ``std = 1``, so the
 policy is exactly the BC policy.
+
+``chunk_shift=True`` restricts the mean to one shift per action dim, shared by all ``horizon`` steps
+(``action_dim`` outputs instead of ``horizon * action_dim``). Why: PPO's gradient for a per-entry mean
+is one noisy estimate per entry; summed over the horizon, the shared shift averages them. Measured on
+lift_d0 from the +2 cm weak start (6 batches of 32 episodes, sparse reward): the gradient of the z
+shift was 1.6 noise-std per batch, against 0.55 for each per-entry z mean.
 """
 from __future__ import annotations
 
@@ -20,24 +26,27 @@ import torch.nn as nn
 class ConditionalNoisePrior(nn.Module):
     """``forward(cond)`` -> ``(mean, std)``, each ``(B, horizon, action_dim)``.
 
-    ``mean`` comes from an MLP on the observation features whose last layer starts at zero;
+    ``mean`` comes from an MLP on the observation features whose last layer starts at zero (one value
+    per (time, dim) entry, or per dim broadcast over time with ``chunk_shift``);
     ``std`` is one learnable value per (time, dim) entry, clamped to ``[std_min, 1]`` (the BC
     prior's scale is the upper bound, so RL can only narrow the exploration in ``x0``).
     """
 
-    def __init__(self, cond_dim: int, horizon: int, action_dim: int, hidden: int = 256, std_min: float = 0.1):
+    def __init__(self, cond_dim: int, horizon: int, action_dim: int, hidden: int = 256, std_min: float = 0.1,
+                 chunk_shift: bool = False):
         super().__init__()
         if not 0 < std_min <= 1:
             raise ValueError(f"noise prior std_min must lie in (0, 1], got {std_min}")
         self.shape = (int(horizon), int(action_dim))
         self.log_std_min = math.log(std_min)
-        out = nn.Linear(hidden, horizon * action_dim)
+        self.mean_shape = (1, int(action_dim)) if chunk_shift else self.shape
+        out = nn.Linear(hidden, self.mean_shape[0] * self.mean_shape[1])
         nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)
         self.mean_net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.Mish(), out)
         self.log_std = nn.Parameter(torch.zeros(self.shape))
 
     def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.mean_net(cond).view(cond.shape[0], *self.shape)
+        mean = self.mean_net(cond).view(cond.shape[0], *self.mean_shape).expand(-1, *self.shape)
         std = self.log_std.clamp(self.log_std_min, 0.0).exp().expand_as(mean)
         return mean, std

@@ -53,7 +53,8 @@ class ManiFlowPointcloudPolicy(nn.Module):
                  down_dims: Sequence[int] = (64, 128), kernel_size: int = 5,
                  time_embed_dim: int = 64, n_groups: int = 8, clip_sample: bool = True,
                  time_convention: str = TIME_CONVENTION, noise_prior: bool = False,
-                 noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1):
+                 noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1,
+                 noise_prior_chunk_shift: bool = False):
         """``noise_prior``: draw ``x0`` from a learnable :class:`ConditionalNoisePrior` instead of
         ``N(0, I)`` (added by RL fine-tuning; identical to ``N(0, I)`` until trained)."""
         super().__init__()
@@ -72,7 +73,8 @@ class ManiFlowPointcloudPolicy(nn.Module):
             pointnet_hidden=[int(h) for h in pointnet_hidden], down_dims=[int(d) for d in down_dims],
             kernel_size=int(kernel_size), time_embed_dim=int(time_embed_dim), n_groups=int(n_groups),
             clip_sample=bool(clip_sample), time_convention=TIME_CONVENTION, noise_prior=bool(noise_prior),
-            noise_prior_hidden=int(noise_prior_hidden), noise_prior_std_min=float(noise_prior_std_min))
+            noise_prior_hidden=int(noise_prior_hidden), noise_prior_std_min=float(noise_prior_std_min),
+            noise_prior_chunk_shift=bool(noise_prior_chunk_shift))
         c = self._config
         self.action_dim, self.horizon = c["action_dim"], c["horizon"]
         self.n_action_steps, self.n_obs_steps = c["n_action_steps"], c["n_obs_steps"]
@@ -116,18 +118,19 @@ class ManiFlowPointcloudPolicy(nn.Module):
         """Raw obs -> conditioning ``(B, obs_encoder.output_dim)``."""
         return self.obs_encoder(self.normalize_obs(obs_dict))
 
-    def enable_noise_prior(self, hidden: int = 256, std_min: float = 0.1) -> None:
+    def enable_noise_prior(self, hidden: int = 256, std_min: float = 0.1, chunk_shift: bool = False) -> None:
         """Add a (still identity) learnable noise prior to a policy trained without one; recorded
         in ``get_policy_config`` so checkpoints rebuild it. No-op if the policy already has one."""
         if self.noise_prior is not None:
             return
-        self._config.update(noise_prior=True, noise_prior_hidden=int(hidden), noise_prior_std_min=float(std_min))
+        self._config.update(noise_prior=True, noise_prior_hidden=int(hidden), noise_prior_std_min=float(std_min),
+                            noise_prior_chunk_shift=bool(chunk_shift))
         self.noise_prior = self._build_noise_prior().to(self.device)
 
     def _build_noise_prior(self) -> ConditionalNoisePrior:
         c = self._config
         return ConditionalNoisePrior(self.obs_encoder.output_dim, c["horizon"], c["action_dim"],
-                                     c["noise_prior_hidden"], c["noise_prior_std_min"])
+                                     c["noise_prior_hidden"], c["noise_prior_std_min"], c["noise_prior_chunk_shift"])
 
     def initial_noise(self, cond: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """``x0`` ``(B, horizon, Da)`` for conditioning ``cond`` ``(B, cond_dim)``: ``noise`` (or a

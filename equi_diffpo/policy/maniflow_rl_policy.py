@@ -133,7 +133,8 @@ class ManiFlowRLPolicy(nn.Module):
     def __init__(self, base_policy: ManiFlowPointcloudPolicy, sigma_min: float = 0.08,
                  sigma_max: float = 0.14, noise_hidden: int = 128, normalize_by_dims: bool = False,
                  learn_noise_prior: bool = False, noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1,
-                 chain_noise: bool = True, noise_prior_chunk_std: float = 0.0):
+                 noise_prior_chunk_shift: bool = False, chain_noise: bool = True,
+                 noise_prior_chunk_std: float = 0.0):
         """``learn_noise_prior``: give the base policy a learnable ``x0`` distribution (kept if it
         already has one, e.g. when fine-tuning an RL checkpoint again). ``chain_noise=False``:
         deterministic Euler steps, only ``x0`` is explored (see the module docstring).
@@ -145,7 +146,7 @@ class ManiFlowRLPolicy(nn.Module):
                              "set rl_policy.learn_noise_prior=true (or chain_noise=true)")
         self.base = base_policy
         if learn_noise_prior:
-            base_policy.enable_noise_prior(noise_prior_hidden, noise_prior_std_min)
+            base_policy.enable_noise_prior(noise_prior_hidden, noise_prior_std_min, noise_prior_chunk_shift)
         if not 0 <= noise_prior_chunk_std <= 1:
             raise ValueError(f"rl_policy.noise_prior_chunk_std must lie in [0, 1], got {noise_prior_chunk_std}")
         if noise_prior_chunk_std > 0 and base_policy.noise_prior is None:
@@ -155,7 +156,8 @@ class ManiFlowRLPolicy(nn.Module):
         self._rl_config = dict(sigma_min=float(sigma_min), sigma_max=float(sigma_max),
                                noise_hidden=int(noise_hidden), normalize_by_dims=self.normalize_by_dims,
                                learn_noise_prior=bool(learn_noise_prior), noise_prior_hidden=int(noise_prior_hidden),
-                               noise_prior_std_min=float(noise_prior_std_min), chain_noise=self.chain_noise,
+                               noise_prior_std_min=float(noise_prior_std_min),
+                               noise_prior_chunk_shift=bool(noise_prior_chunk_shift), chain_noise=self.chain_noise,
                                noise_prior_chunk_std=float(noise_prior_chunk_std))
         self.chunk_log_std = None
         if noise_prior_chunk_std > 0:
