@@ -25,7 +25,8 @@ def rl_workspace(tiny_checkpoint, tmp_path_factory) -> RLWorkspace:
 
 @pytest.mark.parametrize("n_envs", [1, 2, 3])
 def test_collects_whole_episodes_with_consistent_arrays(rl_workspace, tmp_path, n_envs):
-    collector = RLRolloutCollector(rl_workspace.cfg.task, str(tmp_path), n_episodes_per_batch=N_EPISODES,
+    sparse_task = dict(rl_workspace.cfg.task, reward_shaping=False)   # the success reward, bootstrapped at the time limit
+    collector = RLRolloutCollector(sparse_task, str(tmp_path), n_episodes_per_batch=N_EPISODES,
                                    n_envs=n_envs, max_episode_steps=MAX_EPISODE_STEPS, n_obs_steps=2,
                                    seed=n_envs, vec_mode="inline")
     try:
