@@ -17,6 +17,9 @@ lambda = 1) of the success indicator ("sparse") and of the env reward ("task rew
 ``task.reward_shaping=true``), optionally minus the batch's mean return at the same chunk index (what a
 critic that only knows the time could remove). Columns: per action dim, the t of the horizon-averaged
 entries of ``g`` over the executed steps (one shared shift); last column, the mean |t| of single entries.
+With chunk-shared exploration (``rl_policy.noise_prior_chunk_std`` > 0, the default) the score of a shared
+shift ``mu_d`` is ``sum_t x0[t, d] / (1 + H c^2)``, a constant times the same horizon sum, so the per-dim columns
+are its t as well; the single-entry column then means little.
 """
 from __future__ import annotations
 
