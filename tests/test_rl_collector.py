@@ -8,7 +8,7 @@ import torch
 
 from conftest import MAX_EPISODE_STEPS, TINY_RL, compose_cfg
 from equi_diffpo.env_runner.pointcloud_runner import torch_obs
-from equi_diffpo.rl_training.rl_rollout_collector import RLRolloutCollector
+from equi_diffpo.rl_training.rl_rollout_collector import RLRolloutCollector, RolloutBatch
 from equi_diffpo.rl_training.rl_workspace import RLWorkspace
 
 torch.set_num_threads(1)
@@ -23,16 +23,23 @@ def rl_workspace(tiny_checkpoint, tmp_path_factory) -> RLWorkspace:
     return RLWorkspace(cfg, output_dir=str(tmp_path_factory.mktemp("rl_collector")))
 
 
-@pytest.mark.parametrize("n_envs", [1, 2, 3])
-def test_collects_whole_episodes_with_consistent_arrays(rl_workspace, tmp_path, n_envs):
-    sparse_task = dict(rl_workspace.cfg.task, reward_shaping=False)   # the success reward, bootstrapped at the time limit
-    collector = RLRolloutCollector(sparse_task, str(tmp_path), n_episodes_per_batch=N_EPISODES,
-                                   n_envs=n_envs, max_episode_steps=MAX_EPISODE_STEPS, n_obs_steps=2,
-                                   seed=n_envs, vec_mode="inline")
+def collect_one_batch(rl_workspace: RLWorkspace, tmp_path, reward_shaping: bool, n_episodes: int, n_envs: int,
+                      seed: int) -> RolloutBatch:
+    """One batch from a fresh inline collector on the workspace's task with ``reward_shaping`` set."""
+    task = dict(rl_workspace.cfg.task, reward_shaping=reward_shaping)
+    collector = RLRolloutCollector(task, str(tmp_path), n_episodes_per_batch=n_episodes, n_envs=n_envs,
+                                   max_episode_steps=MAX_EPISODE_STEPS, n_obs_steps=2, seed=seed, vec_mode="inline")
     try:
-        batch = collector.collect(rl_workspace.rl_policy, rl_workspace.critic)
+        return collector.collect(rl_workspace.rl_policy, rl_workspace.critic)
     finally:
         collector.close()
+
+
+@pytest.mark.parametrize("n_envs", [1, 2, 3])
+def test_collects_whole_episodes_with_consistent_arrays(rl_workspace, tmp_path, n_envs):
+    # The sparse success reward: bootstrapped at the time limit.
+    batch = collect_one_batch(rl_workspace, tmp_path, reward_shaping=False, n_episodes=N_EPISODES, n_envs=n_envs,
+                              seed=n_envs)
 
     episodes = batch.episodes
     assert [e.index for e in episodes] == list(range(N_EPISODES))
@@ -91,13 +98,7 @@ def test_collects_whole_episodes_with_consistent_arrays(rl_workspace, tmp_path, 
 def test_shaped_reward_episodes_are_not_bootstrapped_at_the_time_limit(rl_workspace, tmp_path):
     """task.reward_shaping: a success pays for the remaining steps (finite horizon), so a truncated episode
     must not get the critic's infinite-horizon value on top (see the collector's docstring)."""
-    task = dict(rl_workspace.cfg.task, reward_shaping=True)
-    collector = RLRolloutCollector(task, str(tmp_path), n_episodes_per_batch=2, n_envs=1,
-                                   max_episode_steps=MAX_EPISODE_STEPS, n_obs_steps=2, seed=0, vec_mode="inline")
-    try:
-        batch = collector.collect(rl_workspace.rl_policy, rl_workspace.critic)
-    finally:
-        collector.close()
+    batch = collect_one_batch(rl_workspace, tmp_path, reward_shaping=True, n_episodes=2, n_envs=1, seed=0)
     flat = [s for e in batch.episodes for s in e.steps]
     truncated = [i for i, s in enumerate(flat) if s.truncated]
     assert truncated and np.all(batch.next_values[truncated] == 0)
