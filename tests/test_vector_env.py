@@ -19,8 +19,9 @@ ENV_KWARGS = dict(task_name="lift_d0", point_cloud={"source": "mesh", "n_points"
                   max_episode_steps=MAX_STEPS, n_obs_steps=N_OBS_STEPS)
 
 
-def hold_pose_policy(obs: dict) -> dict:
-    """obs agent_pos (B, To, 9) -> {'action': (B, Ta, 10)}: stay at the latest pose, gripper open."""
+def hold_pose_policy(obs: dict, rngs=None) -> dict:
+    """obs agent_pos (B, To, 9) -> {'action': (B, Ta, 10)}: stay at the latest pose, gripper open.
+    ``rngs`` (one per row, from run_episodes) is unused: this policy draws nothing."""
     agent_pos = obs["agent_pos"][:, -1]
     rotvec = Rotation.from_quat(agent_pos[:, 3:7]).as_rotvec()          # agent_pos quat is xyzw
     env_action = np.concatenate([agent_pos[:, :3], rotvec, -np.ones((len(agent_pos), 1))], axis=1)
@@ -120,7 +121,7 @@ def test_run_episodes_with_worker_processes(process_vec):
 def test_run_episodes_replaces_an_episode_whose_worker_died(process_vec):
     calls = []
 
-    def killing_policy(obs: dict) -> dict:
+    def killing_policy(obs: dict, rngs) -> dict:
         calls.append(1)
         if len(calls) == 2:           # mid-episode for both envs: env 0's episode is lost
             os.kill(process_vec._procs[0].pid, signal.SIGKILL)

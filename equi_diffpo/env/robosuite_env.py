@@ -28,6 +28,12 @@ AGENT_POS_DIM = 9
 VIDEO_CAMERA = "agentview"
 
 
+# robosuite draws the model's own randomization (e.g. Lift's cube edge in [2.0, 2.2] cm) from the env's rng
+# once, when the env is built, and keeps it (``hard_reset=False``). Seeded per worker, every worker built a
+# different cube, so an episode's outcome depended on which worker ran it: all envs build the same model.
+MODEL_SEED = 0
+
+
 def _quiet_robosuite() -> None:
     logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
     for name in list(logging.root.manager.loggerDict):
@@ -88,7 +94,8 @@ class RobosuitePointCloudEnv:
             **self.spec.env_kwargs,
         )
         self.env_name = resolve_env_name(self.spec)
-        self.env = robosuite.make(self.env_name, seed=seed, **self.env_kwargs)
+        # robosuite.make's seed fixes the model (see MODEL_SEED); ``reset(seed)`` seeds each episode.
+        self.env = robosuite.make(self.env_name, seed=MODEL_SEED, **self.env_kwargs)
         self._rng = np.random.default_rng(seed)
         if self.env.has_offscreen_renderer:  # depth cameras and/or videos
             self.env.reset()  # creates the offscreen context that the fast settings rebuild

@@ -3,6 +3,11 @@
 Shared by evaluation (episode stats + videos) and RL collection (which also keeps every chunk
 step). An episode whose worker crashed is dropped and replaced by a new one, so callers always
 get ``n_episodes`` complete, uncorrupted episodes, ordered by episode index (= seed order).
+
+Every episode carries its own ``torch.Generator`` seeded by its env seed
+(:func:`equi_diffpo.common.seeding.episode_generator`), handed to ``policy_step`` row by row: the
+policy draws its noise from it, so an episode's outcome depends on its seed only, not on which
+worker ran it, which episodes shared its batch, or ``n_envs``.
 """
 from __future__ import annotations
 
@@ -10,14 +15,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
 from equi_diffpo.common.interrupt import raise_if_interrupted
+from equi_diffpo.common.seeding import episode_generator
 from equi_diffpo.common.threads import torch_threads
 from equi_diffpo.env.chunked_env import ChunkResult
 from equi_diffpo.env.vector_env import VectorEnv
 
-# policy_step(obs batch {key: (B, To, ...)}) -> {'action': (B, Ta, Da), <extras>: (B, ...)}
-PolicyStep = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
+# policy_step(obs batch {key: (B, To, ...)}, one generator per row) -> {'action': (B, Ta, Da), <extras>: (B, ...)}
+PolicyStep = Callable[[Dict[str, np.ndarray], List[torch.Generator]], Dict[str, np.ndarray]]
 
 
 @dataclass
@@ -38,8 +45,13 @@ class Episode:
     steps: List[ChunkStep] = field(default_factory=list)
     frames: List[np.ndarray] = field(default_factory=list)
     env_steps: int = 0
+    rng: Optional[torch.Generator] = field(default=None, repr=False)   # the policy's draws; set from ``seed``
     reward: float = 0.0
     success: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rng is None:
+            self.rng = episode_generator(self.seed)
 
 
 def run_episodes(vec_env: VectorEnv, n_episodes: int, policy_step: PolicyStep, seeds: Sequence[int],
@@ -86,7 +98,7 @@ def _run_episodes(vec_env: VectorEnv, n_episodes: int, policy_step: PolicyStep, 
         env_ids = sorted(active)
         batch = {k: np.stack([obs[i][k] for i in env_ids]) for k in obs[env_ids[0]]}
         raise_if_interrupted()
-        out = policy_step(batch)
+        out = policy_step(batch, [active[i].rng for i in env_ids])
         results = vec_env.step_chunk(env_ids, out["action"], [active[i].index < render_episodes for i in env_ids])
         restart: List[int] = []
         for j, (env_id, result) in enumerate(zip(env_ids, results)):

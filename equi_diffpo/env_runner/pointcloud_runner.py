@@ -1,7 +1,9 @@
 """Evaluation runner: success rate, returns and mp4 videos for any policy with ``predict_action``.
 
-``run(policy)`` returns CleanRL-style ``eval/...`` metrics. Evaluation seeds start at
-``seed`` (default 100000) so they never coincide with the demo seeds (0, 1, ...).
+``run(policy)`` returns CleanRL-style ``eval/...`` metrics. Episode ``i`` uses seed ``seed + i``
+(default 100000, so never a demo seed 0, 1, ...) for both the env's initial state and the policy's
+noise (:mod:`equi_diffpo.env_runner.episode_loop`), so the same policy gives the same per-episode
+results whatever ``n_envs`` or ``n_episodes``.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from equi_diffpo.common.seeding import batched_randn
 from equi_diffpo.env.vector_env import VectorEnv
 from equi_diffpo.env_runner.episode_loop import Episode, run_episodes
 
@@ -77,13 +80,14 @@ class PointCloudEnvRunner:
         was_training = policy.training
         policy.eval()
 
-        def policy_step(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-            obs = torch_obs(batch, device)
-            noise = None
-            if self.noise_scale != 1.0:
-                n = obs["agent_pos"].shape[0]
-                noise = self.noise_scale * torch.randn(n, policy.horizon, policy.action_dim, device=device)
-            return {"action": policy.predict_action(obs, noise)["action"].cpu().numpy()}
+        def policy_step(batch: Dict[str, np.ndarray], rngs: List[torch.Generator]) -> Dict[str, np.ndarray]:
+            # One row at a time: CPU kernels pick their blocking by batch size, so a row's actions differ
+            # in the last bits with the batch it shares (measured ~1e-6), and contact physics grows that
+            # into a different episode. Per row, an episode's result is independent of n_envs.
+            noise = self.noise_scale * batched_randn((policy.horizon, policy.action_dim), len(rngs), device, rngs)
+            actions = [policy.predict_action(torch_obs({k: v[i:i + 1] for k, v in batch.items()}, device),
+                                             noise[i:i + 1])["action"] for i in range(len(rngs))]
+            return {"action": torch.cat(actions).cpu().numpy()}
 
         seeds = range(self.seed, self.seed + 2 * self.n_episodes + 10)
         with tqdm(total=self.n_episodes, desc=tag, unit="ep", leave=False) as bar:

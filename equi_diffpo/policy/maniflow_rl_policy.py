@@ -49,12 +49,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import torch
 import torch.nn as nn
 from torch.distributions import LowRankMultivariateNormal
 
+from equi_diffpo.common.seeding import batched_randn
 from equi_diffpo.model.velocity_net import SinusoidalEmbedding
 from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
 
@@ -234,22 +235,28 @@ class ManiFlowRLPolicy(nn.Module):
 
     @torch.no_grad()
     def sample_actions(self, obs_dict: Dict[str, torch.Tensor], deterministic: bool = False,
-                       noise: torch.Tensor | None = None) -> RLSample:
-        """Roll the chain. obs_dict: raw ``(B, To, ...)``; ``noise`` optional ``x_0`` ``(B, horizon, Da)``.
+                       noise: torch.Tensor | None = None,
+                       generators: Sequence[torch.Generator] | None = None) -> RLSample:
+        """Roll the chain. obs_dict: raw ``(B, To, ...)``; ``noise`` optional ``x_0`` ``(B, horizon, Da)``;
+        ``generators`` optional, one per row: every random draw of row ``i`` (``x_0`` unless given, the
+        chunk-shared exploration, the chain noise) comes from ``generators[i]`` (reproducible rollouts,
+        :mod:`equi_diffpo.common.seeding`), else from the global RNG.
 
         Deterministic mode sets ``x_{k+1}`` to the transition mean and leaves out the chunk-shared ``x0``
         exploration (its ``log_prob`` is still the density of that chain under the stochastic policy,
         so it is well defined); ``x0`` itself stays a prior draw, as in :meth:`predict_action`.
         """
         cond = self.base.encode_obs(obs_dict)
-        x = self.base.initial_noise(cond, noise)
+        draw = lambda *shape: batched_randn(shape, cond.shape[0], cond.device, generators, cond.dtype)  # noqa: E731
+        horizon, action_dim = self.base.horizon, self.base.action_dim
+        x = self.base.initial_noise(cond, noise if noise is not None else draw(horizon, action_dim))
         if self.chunk_log_std is not None and not deterministic:
-            x = x + self.chunk_std() * torch.randn(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype)
+            x = x + self.chunk_std() * draw(1, action_dim)
         chain, log_prob = [x], self._prior_terms(x, cond)[0]
         for k in range(self.num_steps):
             if self.chain_noise:
                 mean, sigma = self._transition(x, k, cond)
-                x = mean if deterministic else mean + sigma * torch.randn_like(mean)
+                x = mean if deterministic else mean + sigma * draw(horizon, action_dim)
                 log_prob = log_prob + self._slice_terms(x, mean, sigma)[0]
             else:
                 x = self.base.euler_mean(x, k, cond)
@@ -258,12 +265,26 @@ class ManiFlowRLPolicy(nn.Module):
         return RLSample(action=action, chains=torch.stack(chain, dim=1),
                         log_prob=log_prob / self._normalizer_count())
 
-    def get_log_prob(self, obs_dict: Dict[str, torch.Tensor], chains: torch.Tensor) -> LogProbResult:
+    @property
+    def obs_encoder_frozen(self) -> bool:
+        """True when no encoder parameter is trained: ``encode_obs`` is then a constant function of the
+        obs, so the PPO trainer encodes a batch once and passes ``cond`` to every ``get_log_prob``."""
+        return not any(p.requires_grad for p in self.base.obs_encoder.parameters())
+
+    def encode_obs(self, obs_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Raw obs -> conditioning ``cond`` ``(B, cond_dim)`` (normalized by the policy's normalizer)."""
+        return self.base.encode_obs(obs_dict)
+
+    def get_log_prob(self, obs_dict: Dict[str, torch.Tensor], chains: torch.Tensor,
+                     cond: torch.Tensor | None = None) -> LogProbResult:
         """Log-prob and entropy of stored ``chains`` ``(B, K+1, horizon, Da)`` under the current
-        parameters; differentiable wrt the encoder, velocity net and noise head. obs_dict is raw."""
+        parameters; differentiable wrt the encoder, velocity net and noise head. obs_dict is raw.
+        ``cond`` ``(B, cond_dim)``: ``encode_obs(obs_dict)`` computed beforehand, e.g. once per PPO batch
+        while ``obs_encoder_frozen``; ``obs_dict`` is then not read."""
         if chains.shape[1] != self.num_steps + 1:
             raise ValueError(f"chains have {chains.shape[1] - 1} transitions, policy has K={self.num_steps}")
-        cond = self.base.encode_obs(obs_dict)
+        if cond is None:
+            cond = self.encode_obs(obs_dict)
         chains = chains.to(cond.device)
         log_prob, entropy = self._prior_terms(chains[:, 0], cond)
         # Same per-step computation as sample_actions, so an unchanged policy gives a ratio of 1.

@@ -80,9 +80,9 @@ class RLRolloutCollector:
         policy.eval()
         critic.eval()
 
-        def policy_step(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        def policy_step(batch: Dict[str, np.ndarray], rngs: List[torch.Generator]) -> Dict[str, np.ndarray]:
             obs = torch_obs(batch, device)
-            sample = policy.sample_actions(obs)
+            sample = policy.sample_actions(obs, generators=rngs)
             return {"action": sample.action.cpu().numpy(), "chains": sample.chains.cpu().numpy(),
                     "log_prob": sample.log_prob.cpu().numpy(), "value": critic(obs).cpu().numpy()}
 
