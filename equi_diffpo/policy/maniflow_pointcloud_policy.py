@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from equi_diffpo.model.noise_prior import ConditionalNoisePrior
 from equi_diffpo.model.normalizer import LinearNormalizer
 from equi_diffpo.model.pointnet_encoder import ObsEncoder
+from equi_diffpo.model.residual_head import ResidualHead
 from equi_diffpo.model.velocity_net import ConditionalUnet1D
 
 TIME_CONVENTION = "t0_noise_t1_data"
@@ -54,9 +55,12 @@ class ManiFlowPointcloudPolicy(nn.Module):
                  time_embed_dim: int = 64, n_groups: int = 8, clip_sample: bool = True,
                  time_convention: str = TIME_CONVENTION, noise_prior: bool = False,
                  noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1,
-                 noise_prior_chunk_shift: bool = False):
+                 noise_prior_chunk_shift: bool = False, residual: bool = False, residual_hidden: int = 256,
+                 residual_scale: float = 0.1, residual_std_init: float = 0.5, residual_std_min: float = 0.05):
         """``noise_prior``: draw ``x0`` from a learnable :class:`ConditionalNoisePrior` instead of
-        ``N(0, I)`` (added by RL fine-tuning; identical to ``N(0, I)`` until trained)."""
+        ``N(0, I)`` (added by RL fine-tuning; identical to ``N(0, I)`` until trained). ``residual``: add a
+        :class:`ResidualHead`'s mean correction to the executed actions (added by residual RL; zero until
+        trained)."""
         super().__init__()
         if time_convention != TIME_CONVENTION:
             raise ValueError(f"this policy integrates {TIME_CONVENTION!r}; a config/checkpoint with "
@@ -74,7 +78,9 @@ class ManiFlowPointcloudPolicy(nn.Module):
             kernel_size=int(kernel_size), time_embed_dim=int(time_embed_dim), n_groups=int(n_groups),
             clip_sample=bool(clip_sample), time_convention=TIME_CONVENTION, noise_prior=bool(noise_prior),
             noise_prior_hidden=int(noise_prior_hidden), noise_prior_std_min=float(noise_prior_std_min),
-            noise_prior_chunk_shift=bool(noise_prior_chunk_shift))
+            noise_prior_chunk_shift=bool(noise_prior_chunk_shift), residual=bool(residual),
+            residual_hidden=int(residual_hidden), residual_scale=float(residual_scale),
+            residual_std_init=float(residual_std_init), residual_std_min=float(residual_std_min))
         c = self._config
         self.action_dim, self.horizon = c["action_dim"], c["horizon"]
         self.n_action_steps, self.n_obs_steps = c["n_action_steps"], c["n_obs_steps"]
@@ -90,6 +96,7 @@ class ManiFlowPointcloudPolicy(nn.Module):
                                               c["down_dims"], c["time_embed_dim"], c["kernel_size"],
                                               c["n_groups"])
         self.noise_prior = self._build_noise_prior() if c["noise_prior"] else None
+        self.residual_head = self._build_residual_head() if c["residual"] else None
 
     # ----- configuration / normalizer -----
     def get_policy_config(self) -> Dict[str, Any]:
@@ -131,6 +138,21 @@ class ManiFlowPointcloudPolicy(nn.Module):
         c = self._config
         return ConditionalNoisePrior(self.obs_encoder.output_dim, c["horizon"], c["action_dim"],
                                      c["noise_prior_hidden"], c["noise_prior_std_min"], c["noise_prior_chunk_shift"])
+
+    def enable_residual(self, hidden: int = 256, scale: float = 0.1, std_init: float = 0.5,
+                        std_min: float = 0.05) -> None:
+        """Add a (still zero) residual head to a policy trained without one; recorded in
+        ``get_policy_config`` so checkpoints rebuild it. No-op if the policy already has one."""
+        if self.residual_head is not None:
+            return
+        self._config.update(residual=True, residual_hidden=int(hidden), residual_scale=float(scale),
+                            residual_std_init=float(std_init), residual_std_min=float(std_min))
+        self.residual_head = self._build_residual_head().to(self.device)
+
+    def _build_residual_head(self) -> ResidualHead:
+        c = self._config
+        return ResidualHead(self.obs_encoder.output_dim, c["action_dim"], c["n_action_steps"], c["n_obs_steps"] - 1,
+                            c["residual_hidden"], c["residual_scale"], c["residual_std_init"], c["residual_std_min"])
 
     def initial_noise(self, cond: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """``x0`` ``(B, horizon, Da)`` for conditioning ``cond`` ``(B, cond_dim)``: ``noise`` (or a
@@ -176,12 +198,15 @@ class ManiFlowPointcloudPolicy(nn.Module):
         """Raw obs dict -> ``{'action': (B, n_action_steps, Da), 'action_pred': (B, horizon, Da)}``.
 
         ``noise`` ``(B, horizon, Da)`` is the standard-normal draw behind ``x0`` (``x0`` itself
-        without a noise prior); given it, the output is deterministic.
+        without a noise prior); given it, the output is deterministic. With a residual head its mean
+        correction is added to the executed steps (the exploration noise is RL's only).
         """
         cond = self.encode_obs(obs_dict)
         x = self.initial_noise(cond, noise)
         for k in range(self.num_inference_steps):
             x = self.euler_mean(x, k, cond)
+        if self.residual_head is not None:
+            x = self.residual_head.add_to_chunk(x, self.residual_head(cond, x)[0])
         return self.decode_actions(x)
 
     # ----- training -----

@@ -22,7 +22,7 @@ from equi_diffpo.common.interrupt import InterruptGuard, raise_if_interrupted
 from equi_diffpo.common.run_logger import RunLogger
 from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
 from equi_diffpo.model.value_head import ValueHead
-from equi_diffpo.policy.maniflow_rl_policy import ManiFlowRLPolicy
+from equi_diffpo.policy.rl_policy_factory import build_rl_policy
 from equi_diffpo.rl_training.critic import NormalizedCritic
 from equi_diffpo.rl_training.ppo_trainer import PPOBatch, PPOConfig, PPOTrainer, compute_gae
 from equi_diffpo.rl_training.reward_scaling import RunningRewardScaler
@@ -69,7 +69,7 @@ class RLWorkspace(BaseWorkspace):
             "point_dim": task.point_dim, "agent_pos_dim": task.agent_pos_dim, "action_dim": task.action_dim})
         check_checkpoint_task(ckpt_cfg, cfg, cfg.pretrained_policy_path)
         self.model = base
-        self.rl_policy = ManiFlowRLPolicy(base, **cfg.rl_policy).to(self.device)
+        self.rl_policy = build_rl_policy(base, cfg.rl_policy).to(self.device)
         with open_dict(cfg):  # record the real architecture (noise prior included) so checkpoints rebuild it
             cfg.policy = {**OmegaConf.to_container(ckpt_cfg.policy, resolve=True), **base.get_policy_config()}
         # Policy-gradient noise on the point-cloud features can wreck a pretrained encoder:
