@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N_DEMOS=${1:-100}
-EPOCHS=${2:-5}
+EPOCHS=${2:-8}
 PY=${PYTHON:-.venv/bin/python}
 RUN=data/outputs/default_checkpoint_lift_d0
 $PY scripts/generate_demos.py task_name=lift_d0 n_demos="$N_DEMOS" seed=0
