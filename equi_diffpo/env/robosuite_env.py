@@ -5,7 +5,9 @@ tracks ``gripper0_right_grip_site``, so orientation in ``agent_pos`` is ``robot0
 (``robot0_eef_quat`` is 90 deg off from the controller frame). Policy actions are
 pos(3) + rot6d(6) + gripper(1) (see :mod:`equi_diffpo.env.rotation`).
 Observation: ``point_cloud`` (N, 3|6) float32 world frame, ``agent_pos`` (9,) = eef pos(3),
-eef quat xyzw(4), gripper finger qpos(2).
+eef quat xyzw(4), gripper finger qpos(2); ``privileged`` (P,) = robosuite's ``object-state`` (object poses,
+gripper-to-object vectors) + the elapsed fraction of the episode, for an asymmetric critic only (the
+simulator's own state: the policy never reads it, so a trained policy still runs on point clouds alone).
 Reward: robosuite's sparse success reward (1.0 on success), episodes terminate on success.
 """
 from __future__ import annotations
@@ -121,7 +123,11 @@ class RobosuitePointCloudEnv:
             cloud = self._camera_cloud(self.env.sim, raw_obs)
         points = downsample_points(cloud, self.pc_cfg.n_points, self.pc_cfg.downsample, self._rng)
         agent_pos = np.concatenate([raw_obs["robot0_eef_pos"], raw_obs["robot0_eef_quat_site"], raw_obs["robot0_gripper_qpos"]])
-        return {"point_cloud": points.astype(np.float32), "agent_pos": agent_pos.astype(np.float32)}
+        # The elapsed fraction: with a time limit (and the shaped reward's finite-horizon success bonus)
+        # the value of a state depends on the time left (Pardo et al. 2018, "Time Limits in RL").
+        privileged = np.append(raw_obs["object-state"], self.steps / self.max_episode_steps)
+        return {"point_cloud": points.astype(np.float32), "agent_pos": agent_pos.astype(np.float32),
+                "privileged": privileged.astype(np.float32)}
 
     # ------------------------------------------------------------------ episode control
     def seed(self, seed: int) -> None:
@@ -202,3 +208,13 @@ class RobosuitePointCloudEnv:
 
     def close(self) -> None:
         self.env.close()
+
+
+def privileged_obs_dim(task_name: str) -> int:
+    """Length ``P`` of the ``privileged`` observation of ``task_name`` (built once to ask robosuite, ~1 s)."""
+    env = RobosuitePointCloudEnv(task_name, point_cloud={"source": "mesh", "n_points": 16, "presample_points": 256},
+                                 fast_control=False)
+    try:
+        return int(env.reset(seed=0)["privileged"].shape[0])
+    finally:
+        env.close()

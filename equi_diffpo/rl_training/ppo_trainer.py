@@ -5,10 +5,17 @@ The rollout side (collector/workspace) produces time-ordered chunk-level transit
 `compute_gae`, packs everything into a `PPOBatch` and hands it to `PPOTrainer.update` once per RL
 epoch, then calls `PPOTrainer.scheduler_step()`.
 
-Contract with the actor: `policy.get_log_prob(obs_dict, chains)` returns an object with
+Contract with the actor: `policy.get_log_prob(obs_dict, chains, cond=None)` returns an object with
 `log_prob` (B,) and `entropy` (B,), differentiable w.r.t. the policy parameters. The trainer does
 not switch train/eval mode: the rollout log-probs must come from the same mode (no dropout), or
-the ratio on the first minibatch is not 1. The critic is `critic(obs_dict) -> values (B,)`.
+the ratio on the first minibatch is not 1. The critic is `critic(obs_dict, features=None) -> values (B,)`.
+
+Frozen encoders are run once per batch, not once per minibatch (`PPOConfig.cache_features`): a policy
+whose `obs_encoder_frozen` is True gets `cond = policy.encode_obs(obs)` computed up front (no grad,
+in chunks) and passed to every `get_log_prob`; likewise a critic whose `obs_encoder_frozen` is True
+gets `features = critic.encode_obs(obs)`, or the policy's `cond` itself if it `reads_policy_features`.
+Both live in the `PPOBatch`, so minibatch indexing carries them. Modules without these attributes
+(plain `get_log_prob(obs, chains)`, `critic(obs)`) are called as before. On lift_d0 this took the default update from ~31 s to ~X s (scripts/bench_ppo_update.py).
 
 Multi-process (torchrun): do not wrap actor/critic in DDP (get_log_prob bypasses DDP's forward
 hooks). When torch.distributed is initialized the trainer averages gradients across ranks itself,
@@ -71,6 +78,8 @@ class PPOBatch:
     obs: {'point_cloud': (B, To, N, C), 'agent_pos': (B, To, 9)}; chains: (B, K+1, H, Da), the
     sampled flow chain that get_log_prob scores; log_probs/values: (B,) from the rollout
     (pre-update "old" policy and critic); advantages/returns: (B,) from compute_gae.
+    cond (B, cond_dim) / critic_features (B, F): frozen encoders' outputs, filled in by
+    `PPOTrainer.update` (None: the module encodes `obs` itself in every minibatch).
     """
     obs: Dict[str, torch.Tensor]
     chains: torch.Tensor
@@ -78,23 +87,28 @@ class PPOBatch:
     values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    cond: Optional[torch.Tensor] = None
+    critic_features: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         B = len(self)
         for name in ("values", "advantages", "returns"):
             if getattr(self, name).shape != (B,):
                 raise ValueError(f"PPOBatch.{name} has shape {tuple(getattr(self, name).shape)}, expected ({B},)")
-        for name, x in [("chains", self.chains)] + [(f"obs['{k}']", v) for k, v in self.obs.items()]:
-            if x.shape[0] != B:
+        leading = [("chains", self.chains), ("cond", self.cond), ("critic_features", self.critic_features)]
+        for name, x in leading + [(f"obs['{k}']", v) for k, v in self.obs.items()]:
+            if x is not None and x.shape[0] != B:
                 raise ValueError(f"PPOBatch.{name} has leading dim {x.shape[0]}, expected {B}")
 
     def __len__(self) -> int:
         return self.log_probs.shape[0]
 
     def _map(self, fn) -> "PPOBatch":
+        opt = lambda x: None if x is None else fn(x)  # noqa: E731
         return PPOBatch(obs={k: fn(v) for k, v in self.obs.items()}, chains=fn(self.chains),
                         log_probs=fn(self.log_probs), values=fn(self.values),
-                        advantages=fn(self.advantages), returns=fn(self.returns))
+                        advantages=fn(self.advantages), returns=fn(self.returns),
+                        cond=opt(self.cond), critic_features=opt(self.critic_features))
 
     def to(self, device: torch.device | str) -> "PPOBatch":
         return self._map(lambda x: x.to(device))
@@ -133,6 +147,9 @@ class PPOConfig:
     lr_schedule: str = "constant"
     total_epochs: Optional[int] = None  # horizon of cosine/linear decay, in RL epochs (warm-up included)
     norm_advantages: bool = True
+    # Run a frozen policy/critic encoder once per batch instead of in every minibatch of every PPO
+    # epoch (same numbers up to float rounding; false only to measure the difference).
+    cache_features: bool = True
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
@@ -282,6 +299,8 @@ class PPOTrainer:
         b = batch.to(device)
         for name in ("log_probs", "values", "advantages", "returns"):
             _check_finite(f"batch {name}", getattr(b, name), f"RL epoch {epoch} (check rewards/values)")
+        if cfg.cache_features:
+            b = self.encode_frozen(b)
         warmup = epoch < cfg.critic_warmup_epochs
         value_clip = cfg.value_clip if cfg.value_clip is not None else cfg.clip_ratio
         max_grad_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
@@ -302,7 +321,10 @@ class PPOTrainer:
 
                 # Value loss (clipped like CleanRL: the new value may not move further than
                 # value_clip from the rollout value to earn a lower loss).
-                newvalue = self.critic(mb.obs).reshape(-1)
+                if mb.critic_features is not None:
+                    newvalue = self.critic(mb.obs, features=mb.critic_features).reshape(-1)
+                else:
+                    newvalue = self.critic(mb.obs).reshape(-1)
                 v_loss_unclipped = (newvalue - mb.returns) ** 2
                 if cfg.clip_value_loss:
                     v_clipped = mb.values + torch.clamp(newvalue - mb.values, -value_clip, value_clip)
@@ -346,12 +368,33 @@ class PPOTrainer:
             old_approx_kl=mean("old_approx_kl"), clipfrac=mean("clipfrac"),
             policy_grad_norm=mean("policy_grad_norm"), first_minibatch_ratio_max_dev=first_ratio_dev)
 
+    @torch.no_grad()
+    def encode_frozen(self, batch: PPOBatch) -> PPOBatch:
+        """`batch` with `cond`/`critic_features` filled in for each of policy/critic whose
+        `obs_encoder_frozen` is True (and not given yet). Encoded in chunks of `mini_batch_size`
+        rows: the activations of (B, To, N, hidden) point clouds would not fit in memory at once."""
+        def encode(module: nn.Module) -> Optional[torch.Tensor]:
+            if not getattr(module, "obs_encoder_frozen", False):
+                return None
+            chunks = torch.split(torch.arange(len(batch), device=batch.log_probs.device), self.config.mini_batch_size)
+            return torch.cat([module.encode_obs({k: v[idx] for k, v in batch.obs.items()}) for idx in chunks])
+        cond = batch.cond if batch.cond is not None else encode(self.policy)
+        features = batch.critic_features
+        if features is None:
+            # A critic on the policy's features (critic.encoder=policy) needs no second pass.
+            features = cond if getattr(self.critic, "reads_policy_features", False) and cond is not None \
+                else encode(self.critic)
+        return dataclasses.replace(batch, cond=cond, critic_features=features)
+
     def _policy_loss(self, mb: PPOBatch, where: str,
                      logs: Dict[str, List[float]]) -> tuple[torch.Tensor, float, float]:
         """Clipped surrogate (minus the entropy bonus) of one minibatch, its approx KL (averaged
         over ranks, for the early stop) and max |ratio - 1|. Logs the policy metrics."""
         cfg = self.config
-        result = self.policy.get_log_prob(mb.obs, mb.chains)
+        if mb.cond is not None:
+            result = self.policy.get_log_prob(mb.obs, mb.chains, cond=mb.cond)
+        else:
+            result = self.policy.get_log_prob(mb.obs, mb.chains)
         logratio = result.log_prob - mb.log_probs
         ratio = logratio.exp()
         with torch.no_grad():
@@ -403,7 +446,12 @@ class PPOTrainer:
         missing = set(self.state_dict()) - set(state)
         if missing:
             raise KeyError(f"PPOTrainer state is missing {sorted(missing)}")
-        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        for name in ("policy_optimizer", "critic_optimizer"):
+            try:
+                getattr(self, name).load_state_dict(state[name])
+            except ValueError as err:  # torch: "... doesn't match the size of optimizer's group"
+                raise ValueError(f"PPOTrainer.{name} state does not fit this run's trainable parameters: the "
+                                 "checkpoint was made with another set of them (critic.encoder, "
+                                 f"rl_training.finetune_obs_encoder, rl_policy.*?). {err}") from err
         self.policy_scheduler.load_state_dict(state["policy_scheduler"])
         self.critic_scheduler.load_state_dict(state["critic_scheduler"])

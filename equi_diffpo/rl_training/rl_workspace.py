@@ -21,9 +21,8 @@ from equi_diffpo.common.distributed import DistInfo, broadcast_module, cleanup_d
 from equi_diffpo.common.interrupt import InterruptGuard, raise_if_interrupted
 from equi_diffpo.common.run_logger import RunLogger
 from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
-from equi_diffpo.model.value_head import ValueHead
 from equi_diffpo.policy.rl_policy_factory import build_rl_policy
-from equi_diffpo.rl_training.critic import NormalizedCritic
+from equi_diffpo.rl_training.critic import build_critic
 from equi_diffpo.rl_training.ppo_trainer import PPOBatch, PPOConfig, PPOTrainer, compute_gae
 from equi_diffpo.rl_training.reward_scaling import RunningRewardScaler
 from equi_diffpo.rl_training.rl_rollout_collector import RLRolloutCollector, RolloutBatch
@@ -75,11 +74,7 @@ class RLWorkspace(BaseWorkspace):
         # Policy-gradient noise on the point-cloud features can wreck a pretrained encoder:
         # by default PPO tunes the velocity net and noise head only.
         base.obs_encoder.requires_grad_(bool(cfg.rl_training.finetune_obs_encoder))
-        critic_cfg = dict(cfg.critic)
-        encoder = base.obs_encoder if critic_cfg.pop("init_encoder_from_policy", False) else None
-        value_head = ValueHead(task.point_dim, task.agent_pos_dim, cfg.policy.n_obs_steps, **critic_cfg,
-                               obs_encoder=encoder)
-        self.critic = NormalizedCritic(value_head, base.normalizer, cfg.policy.n_obs_steps).to(self.device)
+        self.critic = build_critic(cfg.critic, self.rl_policy, base, task, cfg.policy.n_obs_steps).to(self.device)
         broadcast_module(self.rl_policy)
         broadcast_module(self.critic)
         ppo_cfg = PPOConfig.from_dict(OmegaConf.to_container(cfg.rl_training.ppo_trainer, resolve=True))
@@ -109,6 +104,9 @@ class RLWorkspace(BaseWorkspace):
         rollout = collector.collect(self.rl_policy, self.critic, tag=f"rollout{self.epoch:04d}")
         rewards = self.reward_scaler(rollout.rewards, rollout.episode_end) if self.reward_scaler else rollout.rewards
         batch = rollout_to_ppo_batch(rollout, rewards, self.ppo_cfg.gamma, self.ppo_cfg.gae_lambda).to(self.device)
+        if getattr(self.critic, "needs_input_stats", False):   # critic.encoder=privileged: once, on the first batch
+            self.critic.fit_input_stats(batch.obs)
+            broadcast_module(self.critic)                        # every rank keeps rank 0's statistics
         start = time.time()
         self.rl_policy.train()
         self.critic.train()
