@@ -163,3 +163,22 @@ def test_residual_rl_epoch_and_checkpoint(residual_run):
     torch.testing.assert_close(with_residual, workspace.model.predict_action(obs, noise)["action"], rtol=0, atol=0)
     policy.residual_head = None   # the same checkpoint without its residual: the BC policy
     assert not torch.equal(policy.predict_action(obs, noise)["action"], with_residual)
+
+
+def test_per_chunk_residual_is_one_offset_per_dim_with_a_da_dim_log_prob(obs):
+    """residual_per_chunk: every executed step gets the same residual, scored once (Da terms, not n_exec x Da)."""
+    base = make_base()
+    rl = ResidualRLPolicy(base, residual_hidden=32, residual_scale=SCALE, residual_per_chunk=True)
+    with torch.no_grad():
+        rl.head.mean_net[-1].bias.normal_(0.0, 0.5)
+    sample = rl.sample_actions(obs, generators=[torch.Generator().manual_seed(i) for i in range(B)])
+    offset = (sample.chains[:, 1] - sample.chains[:, 0])[:, EXEC] / SCALE          # (B, n_exec, Da)
+    torch.testing.assert_close(offset, offset[:, :1].expand_as(offset))
+    assert torch.equal(sample.chains[:, 1, EXEC.stop:], sample.chains[:, 0, EXEC.stop:])
+    mean, std = (t.detach() for t in rl.head(base.encode_obs(obs), sample.chains[:, 0]))
+    reference = Normal(mean[:, 0], std[:, 0]).log_prob(offset[:, 0]).sum(-1)
+    torch.testing.assert_close(sample.log_prob, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rl.get_log_prob(obs, sample.chains).log_prob, reference, atol=1e-5, rtol=1e-5)
+    assert base.get_policy_config()["residual_per_chunk"] is True
+    rebuilt = ManiFlowPointcloudPolicy(**base.get_policy_config())
+    assert rebuilt.residual_head.shape == (1, 7)

@@ -56,7 +56,8 @@ class ManiFlowPointcloudPolicy(nn.Module):
                  time_convention: str = TIME_CONVENTION, noise_prior: bool = False,
                  noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1,
                  noise_prior_chunk_shift: bool = False, residual: bool = False, residual_hidden: int = 256,
-                 residual_scale: float = 0.1, residual_std_init: float = 0.5, residual_std_min: float = 0.05):
+                 residual_scale: float = 0.1, residual_std_init: float = 0.5, residual_std_min: float = 0.05,
+                 residual_per_chunk: bool = False):
         """``noise_prior``: draw ``x0`` from a learnable :class:`ConditionalNoisePrior` instead of
         ``N(0, I)`` (added by RL fine-tuning; identical to ``N(0, I)`` until trained). ``residual``: add a
         :class:`ResidualHead`'s mean correction to the executed actions (added by residual RL; zero until
@@ -80,7 +81,8 @@ class ManiFlowPointcloudPolicy(nn.Module):
             noise_prior_hidden=int(noise_prior_hidden), noise_prior_std_min=float(noise_prior_std_min),
             noise_prior_chunk_shift=bool(noise_prior_chunk_shift), residual=bool(residual),
             residual_hidden=int(residual_hidden), residual_scale=float(residual_scale),
-            residual_std_init=float(residual_std_init), residual_std_min=float(residual_std_min))
+            residual_std_init=float(residual_std_init), residual_std_min=float(residual_std_min),
+            residual_per_chunk=bool(residual_per_chunk))
         c = self._config
         self.action_dim, self.horizon = c["action_dim"], c["horizon"]
         self.n_action_steps, self.n_obs_steps = c["n_action_steps"], c["n_obs_steps"]
@@ -140,19 +142,21 @@ class ManiFlowPointcloudPolicy(nn.Module):
                                      c["noise_prior_hidden"], c["noise_prior_std_min"], c["noise_prior_chunk_shift"])
 
     def enable_residual(self, hidden: int = 256, scale: float = 0.1, std_init: float = 0.5,
-                        std_min: float = 0.05) -> None:
+                        std_min: float = 0.05, per_chunk: bool = False) -> None:
         """Add a (still zero) residual head to a policy trained without one; recorded in
         ``get_policy_config`` so checkpoints rebuild it. No-op if the policy already has one."""
         if self.residual_head is not None:
             return
         self._config.update(residual=True, residual_hidden=int(hidden), residual_scale=float(scale),
-                            residual_std_init=float(std_init), residual_std_min=float(std_min))
+                            residual_std_init=float(std_init), residual_std_min=float(std_min),
+                            residual_per_chunk=bool(per_chunk))
         self.residual_head = self._build_residual_head().to(self.device)
 
     def _build_residual_head(self) -> ResidualHead:
         c = self._config
         return ResidualHead(self.obs_encoder.output_dim, c["action_dim"], c["n_action_steps"], c["n_obs_steps"] - 1,
-                            c["residual_hidden"], c["residual_scale"], c["residual_std_init"], c["residual_std_min"])
+                            c["residual_hidden"], c["residual_scale"], c["residual_std_init"], c["residual_std_min"],
+                            c["residual_per_chunk"])
 
     def initial_noise(self, cond: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """``x0`` ``(B, horizon, Da)`` for conditioning ``cond`` ``(B, cond_dim)``: ``noise`` (or a

@@ -39,17 +39,21 @@ class ResidualRLPolicy(nn.Module):
     fine-tuning a residual checkpoint again). ``state_dict`` = ``base.*`` (residual head included)."""
 
     def __init__(self, base_policy: ManiFlowPointcloudPolicy, residual_hidden: int = 256,
-                 residual_scale: float = 0.1, residual_std_init: float = 0.5, residual_std_min: float = 0.05):
+                 residual_scale: float = 0.1, residual_std_init: float = 0.5, residual_std_min: float = 0.05,
+                 residual_per_chunk: bool = False):
         """``residual_scale``: normalized action units per residual unit; ``residual_std_init``,
-        ``residual_std_min``: the exploration std per action dim (residual units) at the start, and its floor."""
+        ``residual_std_min``: the exploration std per action dim (residual units) at the start, and its floor;
+        ``residual_per_chunk``: one residual per dim for the whole executed slice (see ``ResidualHead``)."""
         super().__init__()
         self.base = base_policy
-        base_policy.enable_residual(residual_hidden, residual_scale, residual_std_init, residual_std_min)
+        base_policy.enable_residual(residual_hidden, residual_scale, residual_std_init, residual_std_min,
+                                    residual_per_chunk)
         for frozen in (base_policy.obs_encoder, base_policy.velocity_net, base_policy.noise_prior):
             if frozen is not None:
                 frozen.requires_grad_(False)
         self._rl_config = dict(residual_hidden=int(residual_hidden), residual_scale=float(residual_scale),
-                               residual_std_init=float(residual_std_init), residual_std_min=float(residual_std_min))
+                               residual_std_init=float(residual_std_init), residual_std_min=float(residual_std_min),
+                               residual_per_chunk=bool(residual_per_chunk))
 
     @property
     def head(self) -> ResidualHead:
@@ -95,7 +99,8 @@ class ResidualRLPolicy(nn.Module):
         bc, executed = chains[:, 0], chains[:, 1]
         mean, std = self.head(cond, bc)
         s = self.head.exec_slice
-        residual = (executed[:, s] - bc[:, s]) / self.head.scale
+        # Per chunk, the executed steps all carry the same residual: score it once.
+        residual = ((executed[:, s] - bc[:, s]) / self.head.scale)[:, : self.head.shape[0]]
         return gaussian_terms(residual, mean, std)
 
     @torch.no_grad()

@@ -53,7 +53,7 @@ def rollout_to_ppo_batch(rollout: RolloutBatch, rewards: np.ndarray, gamma: floa
 
 
 class RLWorkspace(BaseWorkspace):
-    pickle_keys = ("global_step", "epoch", "env_steps")
+    pickle_keys = ("global_step", "epoch", "env_steps", "start_success")
 
     def __init__(self, cfg: DictConfig, output_dir: Optional[str] = None):
         super().__init__(cfg, output_dir)
@@ -63,6 +63,7 @@ class RLWorkspace(BaseWorkspace):
             self.device = torch.device("cuda", self.dist.local_rank)
         set_seed(cfg.training.seed + self.dist.rank)
         self.env_steps = 0
+        self.start_success: Optional[float] = None   # validation success before RL (kept on resume)
         task = cfg.task
         base, ckpt_cfg, _ = load_policy(cfg.pretrained_policy_path, self.device, expected_config={
             "point_dim": task.point_dim, "agent_pos_dim": task.agent_pos_dim, "action_dim": task.action_dim})
@@ -142,7 +143,8 @@ class RLWorkspace(BaseWorkspace):
                 if runner is not None and self.epoch == 0:
                     metrics = self.validate(runner)
                     logger.log(metrics, step=self.env_steps)
-                    print(f"before RL: success {metrics['eval/success_rate']:.2f}")
+                    self.start_success = metrics["eval/success_rate"]
+                    print(f"before RL: success {self.start_success:.2f} over {rl.n_val_episodes} episodes")
                 bar = tqdm(range(self.epoch, rl.num_epochs), desc="RL epochs", disable=not main)
                 for _ in bar:
                     raise_if_interrupted()
@@ -156,6 +158,9 @@ class RLWorkspace(BaseWorkspace):
                     if main and rl.checkpoint_every and (self.epoch % rl.checkpoint_every == 0 or last):
                         self.save_checkpoint()
                         self.save_checkpoint(f"epoch_{self.epoch:04d}")
+                if "eval/success_rate" in metrics and self.start_success is not None:
+                    print(f"{cfg.task.name}: success before RL {self.start_success:.2f} -> after {metrics['eval/success_rate']:.2f} "
+                          f"({rl.n_val_episodes} episodes, seeds {runner.seed}+; {self.env_steps} env steps) | {self.output_dir}")
             except KeyboardInterrupt:
                 if main:
                     print(f"\ninterrupted: saved {self.save_checkpoint()}; rerun with hydra.run.dir={self.output_dir} to resume")
