@@ -1,19 +1,17 @@
-"""Slow learning test: PPO raises the deterministic success rate of a deliberately weak lift_d0
-checkpoint. ~20-25 min on a 2-core CPU (15 RL epochs of 32 episodes, ~73k env steps, 4 validations):
+"""Slow learning test: PPO with the default RL config raises the deterministic success rate of the
+shipped lift_d0 checkpoint (a natural, under-trained 8-epoch BC policy: 0.35 over 100 episodes). ~10 min
+alone on a 2-core CPU (20 RL epochs of 32 episodes, ~106k env steps, 3 validations of 100 episodes):
 
     .venv/bin/python -m pytest -q -m slow tests/test_rl_learning.py -s
-    RL_LEARNING_CHECKPOINT=<ckpt> RL_LEARNING_EPOCHS=30 .venv/bin/python -m pytest -q -m slow tests/test_rl_learning.py -s
+    RL_LEARNING_CHECKPOINT=<ckpt> RL_LEARNING_EPOCHS=40 .venv/bin/python -m pytest -q -m slow tests/test_rl_learning.py -s
 
-Default start: the shipped ``data/checkpoints/lift_d0_weak.ckpt`` (``scripts/make_weak_checkpoint.sh``):
-a 0.55-success BC checkpoint whose actions carry a deliberate +2 cm z offset, ~0.15 success. The
-deficit is known and fixable from the task reward alone, so a working PPO loop should show it.
 It runs the real default RL config (process envs, mesh point clouds, latent-noise policy with a
-chunk-shared prior mean and exploration, shaped reward) and compares the validation success before
-RL with the final one, on the same 40 seeds.
+chunk-shared prior mean and exploration, privileged critic, shaped reward) with seed 0 and compares the
+validation success before RL with the final one, on the same 100 seeds (reproducible evaluation).
 
-Measured (README, "PPO on lift_d0 from the deliberately weak checkpoint"): passed, 0.15 -> 0.275 ->
-0.375 -> 0.525 in 72.6k env steps (25.6 min, partly sharing the CPU with the fast suite); the same
-config as a train_rl.py run (README run S) went 0.15 -> 0.60. Before these defaults it did not pass.
+Measured (docs/EXPERIMENTS.md, 2026-12-01, the same config and seed as a train_rl.py run): 0.35 -> 0.46
+(epoch 10) -> 0.56 (epoch 20). Only seed 0 was measured at this budget; the margin asserted is half the
+measured gain (about 1.5 standard errors of a 100-episode difference).
 """
 from __future__ import annotations
 
@@ -23,18 +21,17 @@ import pytest
 
 from conftest import REPO_ROOT, compose_cfg, read_metrics
 
-CHECKPOINT = os.environ.get("RL_LEARNING_CHECKPOINT", str(REPO_ROOT / "data" / "checkpoints" / "lift_d0_weak.ckpt"))
-RL_EPOCHS = int(os.environ.get("RL_LEARNING_EPOCHS", "15"))
+CHECKPOINT = os.environ.get("RL_LEARNING_CHECKPOINT", str(REPO_ROOT / "data" / "checkpoints" / "lift_d0_default.ckpt"))
+RL_EPOCHS = int(os.environ.get("RL_LEARNING_EPOCHS", "20"))
 
 
 @pytest.mark.slow
-def test_ppo_improves_weak_lift_checkpoint(tmp_path):
+def test_ppo_improves_the_shipped_lift_checkpoint(tmp_path):
     from equi_diffpo.rl_training.rl_workspace import RLWorkspace
 
     cfg = compose_cfg("train_maniflow_pointcloud_rl", [
         f"pretrained_policy_path={CHECKPOINT}", f"rl_training.num_epochs={RL_EPOCHS}",
-        "rl_training.rollout_collector.max_episode_steps=160",
-        "rl_training.val_every=5", "rl_training.n_val_episodes=40", "rl_training.rollout_collector.render_episodes=0",
+        "rl_training.val_every=10", "rl_training.n_val_episodes=100", "rl_training.rollout_collector.render_episodes=0",
         "logging.mode=disabled", "training.seed=0",
     ])
     RLWorkspace(cfg, output_dir=str(tmp_path)).run()
@@ -43,4 +40,4 @@ def test_ppo_improves_weak_lift_checkpoint(tmp_path):
     before, after = success[0], success[-1]
     print(f"deterministic success before {before:.2f} -> after {after:.2f} ({success}), "
           f"{int(metrics[-1]['perf/env_steps'])} env steps")
-    assert after >= before + 0.15, f"PPO did not improve the weak checkpoint: {success}"
+    assert after >= before + 0.10, f"PPO did not improve the shipped checkpoint: {success}"
