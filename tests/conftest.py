@@ -38,6 +38,25 @@ BC_CHECKPOINT_EVERY = 5
 # Workspace crop of the task yaml: synthetic clouds live where real ones would.
 BOX_LO, BOX_HI = np.array([-0.5, -0.5, 0.805]), np.array([0.5, 0.5, 1.6])
 
+# The tiny policy of the unit tests that build policies directly (no hydra), 7-d actions.
+TINY_POLICY_KWARGS = dict(point_dim=3, agent_pos_dim=9, action_dim=7, horizon=8, n_action_steps=4, n_obs_steps=2,
+                          num_inference_steps=2, encoder_output_dim=16, state_output_dim=8, pointnet_hidden=[16, 32],
+                          down_dims=[16, 32], kernel_size=3, time_embed_dim=16, n_groups=4)
+
+
+def tiny_base_policy():
+    """A ManiFlowPointcloudPolicy of ``TINY_POLICY_KWARGS`` with a normalizer fitted on random data
+    (actions in [-1, 1], identity point clouds); draws from the global torch RNG."""
+    from equi_diffpo.model.normalizer import LinearNormalizer
+    from equi_diffpo.policy import ManiFlowPointcloudPolicy
+
+    base = ManiFlowPointcloudPolicy(**TINY_POLICY_KWARGS)
+    base.set_normalizer(LinearNormalizer.fit(
+        {"action": torch.rand(50, 7) * 2 - 1, "agent_pos": torch.rand(50, 9), "point_cloud": torch.rand(50, 3)},
+        modes={"point_cloud": "identity"}))
+    return base
+
+
 TINY_POLICY: List[str] = [
     "policy.pointnet_hidden=[16,32]", "policy.down_dims=[16,32]", "policy.encoder_output_dim=32",
     "policy.state_output_dim=16", "policy.time_embed_dim=16", "policy.n_groups=4", "policy.kernel_size=3",

@@ -9,17 +9,15 @@ import math
 import pytest
 import torch
 
+from conftest import TINY_POLICY_KWARGS, tiny_base_policy
 from equi_diffpo.common.checkpoint_io import CheckpointError
-from equi_diffpo.model.normalizer import LinearNormalizer
-from equi_diffpo.policy import ManiFlowPointcloudPolicy, ManiFlowRLPolicy
+from equi_diffpo.policy import ManiFlowRLPolicy
 from equi_diffpo.rl_training.critic import PolicyFeatureCritic, build_critic
 from equi_diffpo.rl_training.ppo_trainer import PPOBatch, PPOConfig, PPOTrainer, compute_gae
 
 torch.set_num_threads(1)
 
-TINY = dict(point_dim=3, agent_pos_dim=9, action_dim=7, horizon=8, n_action_steps=4, n_obs_steps=2,
-            num_inference_steps=2, encoder_output_dim=16, state_output_dim=8, pointnet_hidden=[16, 32],
-            down_dims=[16, 32], kernel_size=3, time_embed_dim=16, n_groups=4)
+TINY = TINY_POLICY_KWARGS
 TASK = dict(point_dim=3, agent_pos_dim=9)
 N = 40  # batch rows: with mini_batch_size 16, 3 minibatches and 3 encoding chunks
 
@@ -28,10 +26,7 @@ def make_policy_and_critic(critic_encoder: str = "policy", chain_noise: bool = F
                            finetune_obs_encoder: bool = False) -> tuple[ManiFlowRLPolicy, torch.nn.Module]:
     """Built like RLWorkspace does it."""
     torch.manual_seed(0)
-    base = ManiFlowPointcloudPolicy(**TINY)
-    base.set_normalizer(LinearNormalizer.fit(
-        {"action": torch.rand(50, 7) * 2 - 1, "agent_pos": torch.rand(50, 9), "point_cloud": torch.rand(50, 3)},
-        modes={"point_cloud": "identity"}))
+    base = tiny_base_policy()
     policy = ManiFlowRLPolicy(base, noise_hidden=16, learn_noise_prior=True, noise_prior_hidden=16,
                               chain_noise=chain_noise, noise_prior_chunk_std=0.0 if chain_noise else 0.5)
     with torch.no_grad():   # the prior's mean starts at 0 whatever cond is; make cond matter from the start

@@ -10,29 +10,22 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from conftest import TINY_RL, compose_cfg
+from conftest import TINY_RL, compose_cfg, TINY_POLICY_KWARGS, tiny_base_policy
 from equi_diffpo.common.checkpoint_io import load_policy
-from equi_diffpo.model.normalizer import LinearNormalizer
 from equi_diffpo.policy import ManiFlowPointcloudPolicy
 from equi_diffpo.policy.residual_rl_policy import ResidualRLPolicy
 from equi_diffpo.policy.rl_policy_factory import build_rl_policy
 
 torch.set_num_threads(1)
 
-TINY = dict(point_dim=3, agent_pos_dim=9, action_dim=7, horizon=8, n_action_steps=4, n_obs_steps=2,
-            num_inference_steps=2, encoder_output_dim=16, state_output_dim=8, pointnet_hidden=[16, 32],
-            down_dims=[16, 32], kernel_size=3, time_embed_dim=16, n_groups=4)
+TINY = TINY_POLICY_KWARGS
 B = 5
 EXEC = slice(TINY["n_obs_steps"] - 1, TINY["n_obs_steps"] - 1 + TINY["n_action_steps"])
 SCALE = 0.1
 
 
 def make_base() -> ManiFlowPointcloudPolicy:
-    base = ManiFlowPointcloudPolicy(**TINY)
-    base.set_normalizer(LinearNormalizer.fit(
-        {"action": torch.rand(50, 7) * 2 - 1, "agent_pos": torch.rand(50, 9), "point_cloud": torch.rand(50, 3)},
-        modes={"point_cloud": "identity"}))
-    return base.eval()
+    return tiny_base_policy().eval()
 
 
 @pytest.fixture

@@ -5,15 +5,13 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, Normal
 
-from equi_diffpo.model.normalizer import LinearNormalizer
+from conftest import TINY_POLICY_KWARGS, tiny_base_policy
 from equi_diffpo.model.value_head import ValueHead
 from equi_diffpo.policy import ManiFlowPointcloudPolicy, ManiFlowRLPolicy
 
 torch.set_num_threads(1)
 
-TINY = dict(point_dim=3, agent_pos_dim=9, action_dim=7, horizon=8, n_action_steps=4, n_obs_steps=2,
-            num_inference_steps=2, encoder_output_dim=16, state_output_dim=8, pointnet_hidden=[16, 32],
-            down_dims=[16, 32], kernel_size=3, time_embed_dim=16, n_groups=4)
+TINY = TINY_POLICY_KWARGS
 B = 5
 EXEC = slice(TINY["n_obs_steps"] - 1, TINY["n_obs_steps"] - 1 + TINY["n_action_steps"])
 
@@ -22,10 +20,7 @@ EXEC = slice(TINY["n_obs_steps"] - 1, TINY["n_obs_steps"] - 1 + TINY["n_action_s
 def setup():
     torch.manual_seed(0)
     obs = {"point_cloud": torch.rand(B, 2, 20, 3), "agent_pos": torch.rand(B, 2, 9)}
-    base = ManiFlowPointcloudPolicy(**TINY)
-    base.set_normalizer(LinearNormalizer.fit(
-        {"action": torch.rand(50, 7) * 2 - 1, "agent_pos": torch.rand(50, 9), "point_cloud": torch.rand(50, 3)},
-        modes={"point_cloud": "identity"}))
+    base = tiny_base_policy()
     rl = ManiFlowRLPolicy(base, sigma_min=0.08, sigma_max=0.14, noise_hidden=32)
     # The noise head starts at a constant sigma; give it large random output weights so sigma varies
     # over the whole range (and saturates), which the bound and log-prob tests need.
@@ -259,10 +254,7 @@ def test_ppo_on_the_flow_chain_learns_a_bandit(learn_noise_prior, chain_noise, c
     from equi_diffpo.rl_training.ppo_trainer import PPOBatch, PPOConfig, PPOTrainer, compute_gae
 
     torch.manual_seed(0)
-    base = ManiFlowPointcloudPolicy(**TINY)
-    base.set_normalizer(LinearNormalizer.fit(
-        {"action": torch.rand(50, 7) * 2 - 1, "agent_pos": torch.rand(50, 9), "point_cloud": torch.rand(50, 3)},
-        modes={"point_cloud": "identity"}))
+    base = tiny_base_policy()
     policy = ManiFlowRLPolicy(base, noise_hidden=32, learn_noise_prior=learn_noise_prior, noise_prior_hidden=16,
                               noise_prior_chunk_shift=chunk_shift, chain_noise=chain_noise)
     critic = NormalizedCritic(ValueHead(hidden=16, pc_out=8, state_out=8), base.normalizer, n_obs_steps=2)

@@ -13,7 +13,7 @@ cropped to a workspace box and downsampled (random, or farthest-point with numba
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Tuple
 
 import mujoco
 import numba

@@ -7,7 +7,6 @@ counter. ``training.resume=true`` (default) continues from ``latest.ckpt`` in th
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Dict, Optional
 

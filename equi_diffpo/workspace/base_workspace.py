@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from equi_diffpo.common.checkpoint_io import atomic_torch_save, load_payload
 
