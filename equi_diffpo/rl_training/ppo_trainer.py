@@ -15,8 +15,9 @@ whose `obs_encoder_frozen` is True gets `cond = policy.encode_obs(obs)` computed
 in chunks) and passed to every `get_log_prob`; likewise a critic whose `obs_encoder_frozen` is True
 gets `features = critic.encode_obs(obs)`, or the policy's `cond` itself if it `reads_policy_features`.
 Both live in the `PPOBatch`, so minibatch indexing carries them. Modules without these attributes
-(plain `get_log_prob(obs, chains)`, `critic(obs)`) are called as before. lift_d0, 32 episodes (786 chunk
-steps, 70 minibatches): update 48.7 s -> 2.6 s, of which ~2 s is the one encoder pass (scripts/bench_ppo_update.py).
+(plain `get_log_prob(obs, chains)`, `critic(obs)`) are called as before. lift_d0 defaults, idle 2-core CPU
+(693 chunk steps, 60 minibatches): update 15.0 s -> 1.9 s, of which 1.7 s is the one encoder pass
+(scripts/bench_ppo_update.py).
 
 Multi-process (torchrun): do not wrap actor/critic in DDP (get_log_prob bypasses DDP's forward
 hooks). When torch.distributed is initialized the trainer averages gradients across ranks itself,
