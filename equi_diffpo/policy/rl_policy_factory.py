@@ -1,7 +1,8 @@
 """``rl_policy.method`` -> the RL view of a pretrained policy, built from the ``rl_policy`` config.
 
-``flow`` (:class:`ManiFlowRLPolicy`: latent-noise prior or noisy Euler chain) and ``residual``
-(:class:`ResidualRLPolicy`: frozen BC chunk + Gaussian residual). The config holds both methods' keys;
+``flow`` (:class:`ManiFlowRLPolicy`: latent-noise prior or noisy Euler chain), ``residual``
+(:class:`ResidualRLPolicy`: frozen BC chunk + Gaussian residual) and ``fpo`` (:class:`FPORLPolicy`: the
+velocity net itself, with a flow-matching-loss ratio). The config holds both methods' keys;
 each class gets only its own (read from its constructor), and a key neither knows is an error naming it.
 """
 from __future__ import annotations
@@ -13,10 +14,11 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
+from equi_diffpo.policy.fpo_rl_policy import FPORLPolicy
 from equi_diffpo.policy.maniflow_rl_policy import ManiFlowRLPolicy
 from equi_diffpo.policy.residual_rl_policy import ResidualRLPolicy
 
-RL_POLICIES = {"flow": ManiFlowRLPolicy, "residual": ResidualRLPolicy}
+RL_POLICIES = {"flow": ManiFlowRLPolicy, "residual": ResidualRLPolicy, "fpo": FPORLPolicy}
 
 
 def _ctor_keys(cls: type) -> list[str]:

@@ -1,0 +1,137 @@
+"""Flow Policy Optimization for PPO (FPO: McAllister et al. 2025, "Flow Matching Policy Gradients";
+FPO++: Yi, Choi et al. 2026): fine-tune the whole velocity net with the loss it was pretrained with.
+
+Why: the latent-noise policy (:mod:`equi_diffpo.policy.maniflow_rl_policy`) keeps the flow frozen and
+can only choose among the actions the pretrained flow already maps noise to; from the shipped lift_d0
+checkpoint it plateaued near 0.55 (docs/EXPERIMENTS.md). An under-trained BC policy needs its weights
+moved, and the conditional flow-matching (CFM) regression is the one signal this network is known to
+learn from quickly (BC reaches 0.9+ with it). FPO replaces PPO's likelihood ratio by a CFM-loss ratio,
+
+    ratio = exp(L_old(a) - L_new(a)),   L(a) = mean_i  l(a; tau_i, eps_i),
+    l(a; tau, eps) = mean_{exec t, d} || v(x_tau, tau, dt, cond) - (a - eps) ||^2,   x_tau = (1 - tau) eps + tau a,
+
+so the clipped surrogate is advantage-weighted flow matching inside a trust region: good chunks get a
+lower CFM loss (the flow carries more noise to them), bad ones a higher one. No noise head, no
+likelihood: exploration is the flow's own randomness in ``x_0``, exactly what evaluation draws.
+
+Where the loss is taken: at the sampler's own points. Our policy samples with ``K`` consistency steps
+(``t_k = k / K``, step ``dt = 1 / K`` passed to the net), so ``tau_i = (i mod K) / K`` with that ``dt``.
+If the net matched every target exactly, the K-step sampler would carry each ``eps`` straight to ``a``;
+training ``dt = 0`` (instantaneous velocity) instead would move a mode the sampler never queries.
+
+Stored chain ``(B, 1 + n_mc, horizon, Da)``: ``[0]`` the executed normalized chunk ``a`` (clamped to
+[-1, 1] with ``clip_sample``, i.e. what the env received), ``[1:]`` the ``eps_i`` draws (from the
+episode's generator, so rollouts stay reproducible). ``log_prob`` = ``-L(a)`` over the executed slice:
+a surrogate, not a density (entropy is reported as 0). Only the velocity net trains (``policy_lr``);
+the encoder follows ``rl_training.finetune_obs_encoder`` as for the other methods.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from equi_diffpo.common.seeding import batched_randn
+from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
+from equi_diffpo.policy.maniflow_rl_policy import LogProbResult, RLSample
+
+
+class FPORLPolicy(nn.Module):
+    """Wraps (and trains) a pretrained base policy's velocity net. ``state_dict`` = ``base.*``."""
+
+    def __init__(self, base_policy: ManiFlowPointcloudPolicy, fpo_mc_samples: int = 4):
+        """``fpo_mc_samples``: (tau, eps) draws per chunk for the CFM-loss ratio; rounded up to a multiple of
+        ``K = num_inference_steps`` so every sampler time gets the same number."""
+        super().__init__()
+        if base_policy.noise_prior is not None or base_policy.residual_head is not None:
+            raise ValueError("rl_policy.method=fpo fine-tunes a plain flow; this checkpoint has a noise prior or a "
+                             "residual head: fine-tune it with the method that made it (flow or residual)")
+        if fpo_mc_samples < 1:
+            raise ValueError(f"rl_policy.fpo_mc_samples must be >= 1, got {fpo_mc_samples}")
+        self.base = base_policy
+        K = base_policy.num_inference_steps
+        self.n_mc = -(-int(fpo_mc_samples) // K) * K
+        self._rl_config = dict(fpo_mc_samples=int(fpo_mc_samples))
+        base_policy.velocity_net.requires_grad_(True)
+        start = base_policy.n_obs_steps - 1
+        self.exec_slice = slice(start, start + base_policy.n_action_steps)
+        # tau_i = (i mod K) / K, shape (n_mc,): the sampler's integration times.
+        self.register_buffer("taus", (torch.arange(self.n_mc) % K).float() / K, persistent=False)
+
+    def head_parameters(self) -> List[nn.Parameter]:
+        """No freshly initialised heads: everything trained is pretrained (``policy_lr``)."""
+        return []
+
+    def get_rl_config(self) -> Dict[str, Any]:
+        """The RL-specific ctor kwargs (the base's are in ``base.get_policy_config()``)."""
+        return dict(self._rl_config)
+
+    @property
+    def num_steps(self) -> int:
+        """Entries after the action in a stored chain: the ``eps`` draws."""
+        return self.n_mc
+
+    @property
+    def obs_encoder_frozen(self) -> bool:
+        """True when no encoder parameter trains: the PPO trainer then encodes each batch once."""
+        return not any(p.requires_grad for p in self.base.obs_encoder.parameters())
+
+    def normalize_obs(self, obs_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Raw obs -> normalized ``n_obs_steps`` frames (the critic's input)."""
+        return self.base.normalize_obs(obs_dict)
+
+    def encode_obs(self, obs_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Raw obs -> conditioning ``(B, cond_dim)``."""
+        return self.base.encode_obs(obs_dict)
+
+    def predict_action(self, obs_dict: Dict[str, torch.Tensor],
+                       noise: torch.Tensor | None = None) -> Dict[str, torch.Tensor]:
+        """Evaluation actions: the (fine-tuned) base policy's own sampler."""
+        return self.base.predict_action(obs_dict, noise)
+
+    def cfm_losses(self, chains: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Per-draw CFM loss ``(B, n_mc)`` of the action ``chains[:, 0]`` for the draws ``chains[:, 1:]``,
+        each a mean over the executed ``n_action_steps x Da`` entries (see the module docstring)."""
+        B, n, H, D = chains.shape[0], self.n_mc, self.base.horizon, self.base.action_dim
+        action, eps = chains[:, :1], chains[:, 1:]
+        tau = self.taus.view(1, n, 1, 1).to(chains)
+        x_tau = (1 - tau) * eps + tau * action
+        cond_rep = cond.unsqueeze(1).expand(B, n, cond.shape[-1]).reshape(B * n, -1)
+        v = self.base.velocity_net(x_tau.reshape(B * n, H, D), tau.expand(B, n, 1, 1).reshape(-1),
+                                   self.base.step_size(), cond_rep).view(B, n, H, D)
+        s = self.exec_slice
+        return (v[:, :, s] - (action - eps)[:, :, s]).square().mean(dim=(2, 3))
+
+    @torch.no_grad()
+    def sample_actions(self, obs_dict: Dict[str, torch.Tensor], deterministic: bool = False,
+                       noise: torch.Tensor | None = None,
+                       generators: Sequence[torch.Generator] | None = None) -> RLSample:
+        """The base sampler's chunk plus fresh ``eps`` draws for its ratio. obs_dict: raw ``(B, To, ...)``;
+        ``noise`` optional ``x_0`` ``(B, horizon, Da)``; ``generators`` optional, one per row (``x_0`` first,
+        then the ``eps``). The flow is deterministic given ``x_0``, so ``deterministic`` changes nothing:
+        evaluation and rollouts draw ``x_0`` alike."""
+        del deterministic
+        cond = self.encode_obs(obs_dict)
+        base = self.base
+        draw = lambda *shape: batched_randn(shape, cond.shape[0], cond.device, generators, cond.dtype)  # noqa: E731
+        x = base.initial_noise(cond, noise if noise is not None else draw(base.horizon, base.action_dim))
+        for k in range(base.num_inference_steps):
+            x = base.euler_mean(x, k, cond)
+        if base.clip_sample:
+            x = x.clamp(-1.0, 1.0)
+        chains = torch.cat([x.unsqueeze(1), draw(self.n_mc, base.horizon, base.action_dim)], dim=1)
+        # Scored by the same function as get_log_prob, so an unchanged policy gives a ratio of exactly 1.
+        log_prob = -self.cfm_losses(chains, cond).mean(dim=1)
+        return RLSample(action=base.decode_actions(x)["action"], chains=chains, log_prob=log_prob)
+
+    def get_log_prob(self, obs_dict: Dict[str, torch.Tensor], chains: torch.Tensor,
+                     cond: Optional[torch.Tensor] = None) -> LogProbResult:
+        """``-L(a)`` ``(B,)`` of stored ``chains`` ``(B, 1 + n_mc, horizon, Da)`` under the current velocity
+        net (differentiable), entropy zeros. ``cond``: precomputed ``encode_obs(obs_dict)``."""
+        if chains.shape[1] != 1 + self.n_mc:
+            raise ValueError(f"fpo chains are (B, 1 + {self.n_mc}, horizon, Da), got {tuple(chains.shape)}")
+        if cond is None:
+            cond = self.encode_obs(obs_dict)
+        log_prob = -self.cfm_losses(chains.to(cond.device), cond).mean(dim=1)
+        return LogProbResult(log_prob=log_prob, entropy=torch.zeros_like(log_prob))
