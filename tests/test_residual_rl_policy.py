@@ -119,7 +119,7 @@ def test_factory_passes_each_method_its_keys():
     assert isinstance(rl, ResidualRLPolicy) and rl.head.scale == 0.2 and rl.base.noise_prior is None
     with pytest.raises(ValueError, match=r"unknown rl_policy key\(s\) \['residual_scal'\]"):
         build_rl_policy(make_base(), {"method": "residual", "residual_scal": 0.1})
-    with pytest.raises(ValueError, match="valid: \\['flow', 'residual'\\]"):
+    with pytest.raises(ValueError, match="valid: \\['flow', 'fpo', 'residual'\\]"):
         build_rl_policy(make_base(), {"method": "resid"})
     with pytest.raises(ValueError, match="method=residual"):   # a residual checkpoint under the flow method
         build_rl_policy(rl.base, {"method": "flow", "learn_noise_prior": True, "chain_noise": False})
