@@ -22,8 +22,11 @@ training ``dt = 0`` (instantaneous velocity) instead would move a mode the sampl
 Stored chain ``(B, 1 + n_mc, horizon, Da)``: ``[0]`` the executed normalized chunk ``a`` (clamped to
 [-1, 1] with ``clip_sample``, i.e. what the env received), ``[1:]`` the ``eps_i`` draws (from the
 episode's generator, so rollouts stay reproducible). ``log_prob`` = ``-L(a)`` over the executed slice:
-a surrogate, not a density (entropy is reported as 0). Only the velocity net trains (``policy_lr``);
-the encoder follows ``rl_training.finetune_obs_encoder`` as for the other methods.
+a surrogate, not a density (entropy is reported as 0). Rollouts do not evaluate it (``defers_log_prob``):
+the PPO trainer scores the whole batch once before its first step, with the weights that sampled it, in
+large batches on cached features instead of ``n_mc`` extra net calls per env step (a third of the rollout's
+policy time). Only the velocity net trains (``policy_lr``); the encoder follows
+``rl_training.finetune_obs_encoder`` as for the other methods.
 """
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ from equi_diffpo.policy.maniflow_rl_policy import LogProbResult, RLSample
 
 class FPORLPolicy(nn.Module):
     """Wraps (and trains) a pretrained base policy's velocity net. ``state_dict`` = ``base.*``."""
+
+    # The rollout's log_prob is a placeholder: PPOTrainer.update scores the batch before any step.
+    defers_log_prob = True
 
     def __init__(self, base_policy: ManiFlowPointcloudPolicy, fpo_mc_samples: int = 4):
         """``fpo_mc_samples``: (tau, eps) draws per chunk for the CFM-loss ratio; rounded up to a multiple of
@@ -110,7 +116,7 @@ class FPORLPolicy(nn.Module):
         """The base sampler's chunk plus fresh ``eps`` draws for its ratio. obs_dict: raw ``(B, To, ...)``;
         ``noise`` optional ``x_0`` ``(B, horizon, Da)``; ``generators`` optional, one per row (``x_0`` first,
         then the ``eps``). The flow is deterministic given ``x_0``, so ``deterministic`` changes nothing:
-        evaluation and rollouts draw ``x_0`` alike."""
+        evaluation and rollouts draw ``x_0`` alike. ``log_prob`` is zeros (``defers_log_prob``)."""
         del deterministic
         cond = self.encode_obs(obs_dict)
         base = self.base
@@ -121,9 +127,8 @@ class FPORLPolicy(nn.Module):
         if base.clip_sample:
             x = x.clamp(-1.0, 1.0)
         chains = torch.cat([x.unsqueeze(1), draw(self.n_mc, base.horizon, base.action_dim)], dim=1)
-        # Scored by the same function as get_log_prob, so an unchanged policy gives a ratio of exactly 1.
-        log_prob = -self.cfm_losses(chains, cond).mean(dim=1)
-        return RLSample(action=base.decode_actions(x)["action"], chains=chains, log_prob=log_prob)
+        return RLSample(action=base.decode_actions(x)["action"], chains=chains,
+                        log_prob=torch.zeros(cond.shape[0], device=cond.device))
 
     def get_log_prob(self, obs_dict: Dict[str, torch.Tensor], chains: torch.Tensor,
                      cond: Optional[torch.Tensor] = None) -> LogProbResult:

@@ -303,6 +303,8 @@ class PPOTrainer:
             _check_finite(f"batch {name}", getattr(b, name), f"RL epoch {epoch} (check rewards/values)")
         if cfg.cache_features:
             b = self.encode_frozen(b)
+        if getattr(self.policy, "defers_log_prob", False):
+            b = self.score_rollout(b)
         warmup = epoch < cfg.critic_warmup_epochs
         value_clip = cfg.value_clip if cfg.value_clip is not None else cfg.clip_ratio
         max_grad_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
@@ -387,6 +389,21 @@ class PPOTrainer:
             features = cond if getattr(self.critic, "reads_policy_features", False) and cond is not None \
                 else encode(self.critic)
         return dataclasses.replace(batch, cond=cond, critic_features=features)
+
+    @torch.no_grad()
+    def score_rollout(self, batch: PPOBatch) -> PPOBatch:
+        """`batch` with `log_probs` computed now, before any optimizer step (so by the weights that sampled
+        it), for a policy that ``defers_log_prob`` (its rollout left placeholders; see fpo_rl_policy.py).
+        In chunks of `mini_batch_size` rows, on the cached `cond` when there is one."""
+        rows = torch.split(torch.arange(len(batch), device=batch.log_probs.device), self.config.mini_batch_size)
+        scores = []
+        for idx in rows:
+            mb = batch.index(idx)
+            cond = {"cond": mb.cond} if mb.cond is not None else {}
+            scores.append(self.policy.get_log_prob(mb.obs, mb.chains, **cond).log_prob)
+        log_probs = torch.cat(scores)
+        _check_finite("rollout log_probs", log_probs, "scoring the rollout batch")
+        return dataclasses.replace(batch, log_probs=log_probs)
 
     def _policy_loss(self, mb: PPOBatch, where: str,
                      logs: Dict[str, List[float]]) -> tuple[torch.Tensor, float, float]:
