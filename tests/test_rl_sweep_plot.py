@@ -20,6 +20,7 @@ from equi_diffpo.common.checkpoint_io import load_payload
 SCRIPTS = REPO_ROOT / "scripts"
 sys.path.insert(0, str(SCRIPTS))   # as when run as a script (rl_sweep.py imports it the same way)
 import plot_runs  # noqa: E402
+import rl_sweep  # noqa: E402
 
 ROLLOUT_SECONDS, UPDATE_SECONDS = 30.0, 6.0
 
@@ -135,6 +136,13 @@ def run_sweep(cmd: List[str], tmp_path: Path, timeout: int = 60) -> subprocess.C
 
 def explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+
+
+def test_side_by_side_seeds_get_one_torch_thread_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert rl_sweep.child_env(2)["OMP_NUM_THREADS"] == "1" and "OMP_NUM_THREADS" not in rl_sweep.child_env(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert rl_sweep.child_env(2)["OMP_NUM_THREADS"] == "3"
 
 
 def test_sweep_reports_a_failing_seed_plots_the_rest_and_resumes(tmp_path):
