@@ -1,7 +1,7 @@
 """Run one RL config for several seeds, then plot them: the unit in which RL variants are compared.
 
     python scripts/rl_sweep.py name=latent seeds=[0,1,2] out=data/sweeps/latent -- rl_training.num_epochs=40
-    python scripts/rl_sweep.py name=chain seeds=[0,1] parallel=2 -- rl_policy.chain_noise=true logging.mode=disabled
+    python scripts/rl_sweep.py name=chain seeds=[0,1] parallel=2 -- rl_policy=chain logging.mode=disabled
 
 Before ``--``: the sweep's own keys. After it: hydra overrides of ``scripts/train_rl.py``, passed unchanged
 to every seed, which also gets ``training.seed=<s> hydra.run.dir=<out>/seed<s>`` (and, unless the overrides

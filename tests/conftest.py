@@ -67,7 +67,7 @@ TINY_TASK: List[str] = [
 ]
 # RL runs: tiny noise head / critic, inline envs, 2 short episodes per batch, nothing rendered.
 TINY_RL: List[str] = TINY_TASK + [
-    "rl_policy.noise_hidden=16", "critic.hidden=16", "critic.pc_out=16", "critic.state_out=8",
+    "critic.hidden=16", "critic.pc_out=16", "critic.state_out=8",
     "rl_training.num_epochs=1", "rl_training.val_every=0", "rl_training.checkpoint_every=1",
     "rl_training.rollout_collector.n_episodes_per_batch=2", "rl_training.rollout_collector.n_envs=2",
     "rl_training.rollout_collector.vec_mode=inline", "rl_training.rollout_collector.render_episodes=0",

@@ -12,7 +12,7 @@ import torch
 from conftest import TINY_RL, TINY_POLICY_KWARGS, compose_cfg, tiny_base_policy
 from equi_diffpo.common.checkpoint_io import load_policy
 from equi_diffpo.policy.fpo_rl_policy import FPORLPolicy
-from equi_diffpo.policy.rl_policy_factory import build_rl_policy
+from equi_diffpo.policy.rl_policy_factory import build_rl_policy, rl_policy_config
 
 torch.set_num_threads(1)
 
@@ -28,7 +28,7 @@ def obs():
 
 
 def make_fpo(mc: int = 4) -> FPORLPolicy:
-    return build_rl_policy(tiny_base_policy().eval(), {"method": "fpo", "fpo_mc_samples": mc})
+    return build_rl_policy(tiny_base_policy().eval(), rl_policy_config("fpo", fpo_mc_samples=mc))
 
 
 def generators(seed: int = 0):
@@ -93,11 +93,11 @@ def test_only_the_velocity_net_trains_and_bad_starts_are_refused(obs):
     assert trainable == {id(p) for p in rl.base.velocity_net.parameters()} and rl.obs_encoder_frozen
     assert rl.head_parameters() == []
     with pytest.raises(ValueError, match="fpo_mc_samples must be >= 1"):
-        build_rl_policy(tiny_base_policy(), {"method": "fpo", "fpo_mc_samples": 0})
+        build_rl_policy(tiny_base_policy(), rl_policy_config("fpo", fpo_mc_samples=0))
     base = tiny_base_policy()
     base.enable_noise_prior()
-    with pytest.raises(ValueError, match="method=fpo fine-tunes a plain flow"):
-        build_rl_policy(base, {"method": "fpo"})
+    with pytest.raises(ValueError, match="rl_policy=fpo fine-tunes a plain flow"):
+        build_rl_policy(base, rl_policy_config("fpo"))
     with pytest.raises(ValueError, match=r"chains are \(B, 1 \+ 4"):
         rl.get_log_prob(obs, torch.zeros(B, 3, TINY["horizon"], 7))
 
@@ -106,7 +106,7 @@ def test_fpo_rl_epoch_trains_the_velocity_net_and_checkpoint_loads(tiny_checkpoi
     from equi_diffpo.rl_training.rl_workspace import RLWorkspace
 
     cfg = compose_cfg("train_maniflow_pointcloud_rl", TINY_RL + [
-        f"pretrained_policy_path={tiny_checkpoint}", "rl_policy.method=fpo", "rl_training.ppo_trainer.policy_lr=1e-3"])
+        f"pretrained_policy_path={tiny_checkpoint}", "rl_policy=fpo", "rl_training.ppo_trainer.policy_lr=1e-3"])
     workspace = RLWorkspace(cfg, output_dir=str(tmp_path))
     bc_weights = {k: v.clone() for k, v in workspace.model.state_dict().items()}
     metrics = workspace.run()

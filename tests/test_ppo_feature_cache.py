@@ -11,7 +11,9 @@ import torch
 
 from conftest import TINY_POLICY_KWARGS, tiny_base_policy
 from equi_diffpo.common.checkpoint_io import CheckpointError
-from equi_diffpo.policy import ManiFlowRLPolicy
+from equi_diffpo.policy import RLPolicyBase
+from equi_diffpo.policy.latent_noise_policy import LatentNoisePolicy
+from equi_diffpo.policy.noisy_chain_policy import NoisyChainPolicy
 from equi_diffpo.rl_training.critic import PolicyFeatureCritic, build_critic
 from equi_diffpo.rl_training.ppo_trainer import PPOBatch, PPOConfig, PPOTrainer, compute_gae
 
@@ -23,12 +25,14 @@ N = 40  # batch rows: with mini_batch_size 16, 3 minibatches and 3 encoding chun
 
 
 def make_policy_and_critic(critic_encoder: str = "policy", chain_noise: bool = False,
-                           finetune_obs_encoder: bool = False) -> tuple[ManiFlowRLPolicy, torch.nn.Module]:
+                           finetune_obs_encoder: bool = False) -> tuple[RLPolicyBase, torch.nn.Module]:
     """Built like RLWorkspace does it."""
     torch.manual_seed(0)
     base = tiny_base_policy()
-    policy = ManiFlowRLPolicy(base, noise_hidden=16, learn_noise_prior=True, noise_prior_hidden=16,
-                              chain_noise=chain_noise, noise_prior_chunk_std=0.0 if chain_noise else 0.5)
+    if chain_noise:
+        policy = NoisyChainPolicy(base, noise_hidden=16, learn_noise_prior=True, noise_prior_hidden=16)
+    else:
+        policy = LatentNoisePolicy(base, noise_prior_hidden=16, noise_prior_chunk_shift=False)
     with torch.no_grad():   # the prior's mean starts at 0 whatever cond is; make cond matter from the start
         base.noise_prior.mean_net[-1].weight.normal_(0.0, 0.1)
     base.obs_encoder.requires_grad_(finetune_obs_encoder)
@@ -37,7 +41,7 @@ def make_policy_and_critic(critic_encoder: str = "policy", chain_noise: bool = F
     return policy, critic
 
 
-def make_batch(policy: ManiFlowRLPolicy, critic: torch.nn.Module) -> PPOBatch:
+def make_batch(policy: RLPolicyBase, critic: torch.nn.Module) -> PPOBatch:
     """One-step episodes with a reward the policy can improve on (so the update really moves it)."""
     obs = {"point_cloud": torch.rand(N, 2, 20, 3), "agent_pos": torch.rand(N, 2, 9)}
     sample = policy.sample_actions(obs)

@@ -14,7 +14,7 @@ from conftest import TINY_RL, compose_cfg, TINY_POLICY_KWARGS, tiny_base_policy
 from equi_diffpo.common.checkpoint_io import load_policy
 from equi_diffpo.policy import ManiFlowPointcloudPolicy
 from equi_diffpo.policy.residual_rl_policy import ResidualRLPolicy
-from equi_diffpo.policy.rl_policy_factory import build_rl_policy
+from equi_diffpo.policy.rl_policy_factory import build_rl_policy, rl_policy_config, rl_policy_names
 
 torch.set_num_threads(1)
 
@@ -112,19 +112,19 @@ def test_generators_make_samples_reproducible(obs):
     assert torch.equal(draws[0].chains, draws[1].chains) and torch.equal(draws[0].log_prob, draws[1].log_prob)
 
 
-def test_factory_passes_each_method_its_keys():
-    keys = dict(method="residual", sigma_min=0.08, noise_hidden=16, chain_noise=False, learn_noise_prior=True,
-                residual_hidden=32, residual_scale=0.2, residual_std_init=0.3, residual_std_min=0.05)
-    rl = build_rl_policy(make_base(), keys)
+def test_factory_builds_each_yaml_method_and_names_bad_keys():
+    rl = build_rl_policy(make_base(), rl_policy_config("residual", residual_hidden=32, residual_scale=0.2))
     assert isinstance(rl, ResidualRLPolicy) and rl.head.scale == 0.2 and rl.base.noise_prior is None
-    with pytest.raises(ValueError, match=r"unknown rl_policy key\(s\) \['residual_scal'\]"):
-        build_rl_policy(make_base(), {"method": "residual", "residual_scal": 0.1})
-    with pytest.raises(ValueError, match="valid: \\['flow', 'fpo', 'residual'\\]"):
-        build_rl_policy(make_base(), {"method": "resid"})
-    with pytest.raises(ValueError, match="method=residual"):   # a residual checkpoint under the flow method
-        build_rl_policy(rl.base, {"method": "flow", "learn_noise_prior": True, "chain_noise": False})
-    flow = build_rl_policy(make_base(), {k: v for k, v in keys.items() if k != "method"})
-    assert type(flow).__name__ == "ManiFlowRLPolicy" and flow.base.residual_head is None
+    assert rl_policy_names() == ["chain", "fpo", "latent", "residual"]
+    for name in rl_policy_names():   # every shipped yaml builds its class with its own keys only
+        assert type(build_rl_policy(make_base(), rl_policy_config(name))).__name__ in (
+            "NoisyChainPolicy", "FPORLPolicy", "LatentNoisePolicy", "ResidualRLPolicy")
+    with pytest.raises(ValueError, match=r"unknown rl_policy key\(s\) \['sigma_min'\] for ResidualRLPolicy"):
+        build_rl_policy(make_base(), rl_policy_config("residual", sigma_min=0.1))   # another method's key
+    with pytest.raises(ValueError, match="valid: \\['chain', 'fpo', 'latent', 'residual'\\]"):
+        rl_policy_config("resid")
+    with pytest.raises(ValueError, match="rl_policy=residual"):   # a residual checkpoint under the latent method
+        build_rl_policy(rl.base, rl_policy_config("latent"))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def residual_run(tiny_checkpoint, tmp_path_factory):
 
     output_dir = str(tmp_path_factory.mktemp("residual_run"))
     cfg = compose_cfg("train_maniflow_pointcloud_rl", TINY_RL + [
-        f"pretrained_policy_path={tiny_checkpoint}", "rl_policy.method=residual", "rl_policy.residual_hidden=16"])
+        f"pretrained_policy_path={tiny_checkpoint}", "rl_policy=residual", "rl_policy.residual_hidden=16"])
     workspace = RLWorkspace(cfg, output_dir=output_dir)
     bc_weights = {k: v.clone() for k, v in workspace.model.state_dict().items()}
     metrics = workspace.run()

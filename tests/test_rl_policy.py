@@ -1,4 +1,5 @@
-"""Stochastic flow chain (ReinFlow-style): exact log-probs, executed slice, deterministic mode, gradients."""
+"""Noisy Euler chain (ReinFlow-style) and latent-noise policy: exact log-probs, executed slice, deterministic
+mode, gradients, PPO on a bandit."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,9 @@ from torch.distributions import MultivariateNormal, Normal
 
 from conftest import TINY_POLICY_KWARGS, tiny_base_policy
 from equi_diffpo.model.value_head import ValueHead
-from equi_diffpo.policy import ManiFlowPointcloudPolicy, ManiFlowRLPolicy
+from equi_diffpo.policy import ManiFlowPointcloudPolicy
+from equi_diffpo.policy.latent_noise_policy import LatentNoisePolicy
+from equi_diffpo.policy.noisy_chain_policy import NoisyChainPolicy
 
 torch.set_num_threads(1)
 
@@ -21,7 +24,7 @@ def setup():
     torch.manual_seed(0)
     obs = {"point_cloud": torch.rand(B, 2, 20, 3), "agent_pos": torch.rand(B, 2, 9)}
     base = tiny_base_policy()
-    rl = ManiFlowRLPolicy(base, sigma_min=0.08, sigma_max=0.14, noise_hidden=32)
+    rl = NoisyChainPolicy(base, sigma_min=0.08, sigma_max=0.14, noise_hidden=32)
     # The noise head starts at a constant sigma; give it large random output weights so sigma varies
     # over the whole range (and saturates), which the bound and log-prob tests need.
     with torch.no_grad():
@@ -29,7 +32,7 @@ def setup():
     return rl, obs
 
 
-def hand_log_prob_and_entropy(rl: ManiFlowRLPolicy, obs: dict, chains: torch.Tensor):
+def hand_log_prob_and_entropy(rl: NoisyChainPolicy, obs: dict, chains: torch.Tensor):
     """Independent reference: torch.distributions.Normal over each transition, executed slice only."""
     K = chains.shape[1] - 1
     dt = 1.0 / K
@@ -61,7 +64,7 @@ def test_chain_log_prob_matches_normal_reference(setup):
 
 def test_normalize_by_dims_divides_by_steps_times_dims(setup):
     rl, obs = setup
-    rl_norm = ManiFlowRLPolicy(rl.base, noise_hidden=32, normalize_by_dims=True)
+    rl_norm = NoisyChainPolicy(rl.base, noise_hidden=32, normalize_by_dims=True)
     rl_norm.noise_head.load_state_dict(rl.noise_head.state_dict())
     chains = rl.sample_actions(obs).chains
     count = TINY["num_inference_steps"] * TINY["n_action_steps"] * 7
@@ -145,7 +148,7 @@ def test_learned_noise_prior_adds_exact_x0_term_and_starts_as_bc(setup):
     torch.manual_seed(1)
     noise = torch.randn(B, TINY["horizon"], 7)
     before = rl.base.predict_action(obs, noise)["action"]
-    rl_prior = ManiFlowRLPolicy(rl.base, noise_hidden=32, learn_noise_prior=True, noise_prior_hidden=16)
+    rl_prior = NoisyChainPolicy(rl.base, noise_hidden=32, learn_noise_prior=True, noise_prior_hidden=16)
     rl_prior.noise_head.load_state_dict(rl.noise_head.state_dict())
     # Identity at initialisation: same actions from the same standard-normal draw.
     torch.testing.assert_close(rl.base.predict_action(obs, noise)["action"], before)
@@ -191,12 +194,10 @@ def test_chunk_shift_prior_shares_one_mean_per_action_dim_and_rebuilds_from_conf
 
 
 def test_latent_only_policy_explores_x0_through_the_frozen_flow(setup):
-    """chain_noise=False: actions are the base flow from x0 ~ prior, log-prob is the prior term alone."""
+    """Latent policy: actions are the base flow from x0 ~ prior, log-prob is the prior term alone."""
     rl, obs = setup
-    with pytest.raises(ValueError, match="learn_noise_prior"):
-        ManiFlowRLPolicy(rl.base, chain_noise=False)
-    latent = ManiFlowRLPolicy(rl.base, learn_noise_prior=True, noise_prior_hidden=16, chain_noise=False)
-    assert latent.noise_head is None
+    latent = LatentNoisePolicy(rl.base, noise_prior_hidden=16, noise_prior_chunk_shift=False, noise_prior_chunk_std=0.0)
+    assert not hasattr(latent, "noise_head") and latent.chunk_log_std is None
     assert not any(p.requires_grad for p in rl.base.velocity_net.parameters())
     with torch.no_grad():
         rl.base.noise_prior.mean_net[-1].bias.normal_(0.0, 0.5)
@@ -215,9 +216,8 @@ def test_chunk_shared_x0_exploration_has_exact_log_prob_and_leaves_evaluation_al
     MultivariateNormal per action dim; deterministic mode and predict_action leave the shared term out."""
     rl, obs = setup
     with pytest.raises(ValueError, match="learn_noise_prior"):
-        ManiFlowRLPolicy(rl.base, chain_noise=False, noise_prior_chunk_std=0.3)
-    latent = ManiFlowRLPolicy(rl.base, learn_noise_prior=True, noise_prior_hidden=16, chain_noise=False,
-                              noise_prior_chunk_std=0.3)
+        NoisyChainPolicy(rl.base, noise_prior_chunk_std=0.3)
+    latent = LatentNoisePolicy(rl.base, noise_prior_hidden=16, noise_prior_chunk_shift=False, noise_prior_chunk_std=0.3)
     with torch.no_grad():
         rl.base.noise_prior.mean_net[-1].bias.normal_(0.0, 0.5)
         rl.base.noise_prior.log_std.uniform_(-1.0, 0.0)
@@ -243,9 +243,9 @@ def test_chunk_shared_x0_exploration_has_exact_log_prob_and_leaves_evaluation_al
     assert any(p is latent.chunk_log_std for p in latent.head_parameters())
 
 
-@pytest.mark.parametrize("learn_noise_prior,chain_noise,chunk_shift",
-                         [(False, True, False), (True, True, False), (True, False, False), (True, False, True)])
-def test_ppo_on_the_flow_chain_learns_a_bandit(learn_noise_prior, chain_noise, chunk_shift):
+@pytest.mark.parametrize("method,learn_noise_prior,chunk_shift",
+                         [("chain", False, False), ("chain", True, False), ("latent", True, False), ("latent", True, True)])
+def test_ppo_on_the_flow_chain_learns_a_bandit(method, learn_noise_prior, chunk_shift):
     """End to end through the real chain log-probs and the PPO trainer (joint ratio, clip 0.2):
     one-step episodes with reward = -||executed action - target||^2 in normalized units. The
     deterministic actions must move clearly towards the target; a sign or bookkeeping error in the
@@ -255,8 +255,11 @@ def test_ppo_on_the_flow_chain_learns_a_bandit(learn_noise_prior, chain_noise, c
 
     torch.manual_seed(0)
     base = tiny_base_policy()
-    policy = ManiFlowRLPolicy(base, noise_hidden=32, learn_noise_prior=learn_noise_prior, noise_prior_hidden=16,
-                              noise_prior_chunk_shift=chunk_shift, chain_noise=chain_noise)
+    if method == "chain":
+        policy = NoisyChainPolicy(base, noise_hidden=32, learn_noise_prior=learn_noise_prior, noise_prior_hidden=16)
+    else:
+        policy = LatentNoisePolicy(base, noise_prior_hidden=16, noise_prior_chunk_shift=chunk_shift,
+                                   noise_prior_chunk_std=0.0)
     critic = NormalizedCritic(ValueHead(hidden=16, pc_out=8, state_out=8), base.normalizer, n_obs_steps=2)
     trainer = PPOTrainer(policy, critic, PPOConfig(policy_lr=3e-3, head_lr=3e-3, critic_lr=1e-3,
                                                    mini_batch_size=32, ppo_epochs=4, target_kl=None))
@@ -290,8 +293,7 @@ def test_per_row_generators_make_each_row_independent_of_its_batch(setup, mode):
     chain does not depend on which other rows share the batch (reproducible rollouts)."""
     rl, obs = setup
     if mode == "latent_chunk":
-        rl = ManiFlowRLPolicy(rl.base, learn_noise_prior=True, noise_prior_hidden=16, chain_noise=False,
-                              noise_prior_chunk_std=0.3)
+        rl = LatentNoisePolicy(rl.base, noise_prior_hidden=16, noise_prior_chunk_shift=False, noise_prior_chunk_std=0.3)
     gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
     full = rl.sample_actions(obs, generators=gens(range(B))).chains
     torch.testing.assert_close(rl.sample_actions(obs, generators=gens(range(B))).chains, full, rtol=0, atol=0)

@@ -5,7 +5,7 @@ pretrained policy's features (the usual reason PPO fine-tuning of BC policies co
 
 Input contract: ``forward`` takes obs that are ALREADY normalized and sliced to ``n_obs_steps``
 frames, i.e. the output of ``ManiFlowPointcloudPolicy.normalize_obs(raw_obs)`` (also reachable as
-``ManiFlowRLPolicy.normalize_obs``). The critic thus holds no normalizer of its own and always
+``RLPolicyBase.normalize_obs``). The critic thus holds no normalizer of its own and always
 sees the same features scale as the actor, from the one normalizer stored with the policy.
 
 The cheap alternative (``critic.encoder: policy``, :class:`~equi_diffpo.rl_training.critic.PolicyFeatureCritic`)

@@ -1,7 +1,7 @@
 """Flow Policy Optimization for PPO (FPO: McAllister et al. 2025, "Flow Matching Policy Gradients";
 FPO++: Yi, Choi et al. 2026): fine-tune the whole velocity net with the loss it was pretrained with.
 
-Why: the latent-noise policy (:mod:`equi_diffpo.policy.maniflow_rl_policy`) keeps the flow frozen and
+Why: the latent-noise policy (:mod:`equi_diffpo.policy.latent_noise_policy`) keeps the flow frozen and
 can only choose among the actions the pretrained flow already maps noise to; from the shipped lift_d0
 checkpoint it plateaued near 0.55 (docs/EXPERIMENTS.md). An under-trained BC policy needs its weights
 moved, and the conditional flow-matching (CFM) regression is the one signal this network is known to
@@ -30,17 +30,15 @@ policy time). Only the velocity net trains (``policy_lr``); the encoder follows
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn as nn
 
-from equi_diffpo.common.seeding import batched_randn
 from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
-from equi_diffpo.policy.maniflow_rl_policy import LogProbResult, RLSample
+from equi_diffpo.policy.rl_policy_base import LogProbResult, RLPolicyBase, RLSample
 
 
-class FPORLPolicy(nn.Module):
+class FPORLPolicy(RLPolicyBase):
     """Wraps (and trains) a pretrained base policy's velocity net. ``state_dict`` = ``base.*``."""
 
     # The rollout's log_prob is a placeholder: PPOTrainer.update scores the batch before any step.
@@ -49,52 +47,22 @@ class FPORLPolicy(nn.Module):
     def __init__(self, base_policy: ManiFlowPointcloudPolicy, fpo_mc_samples: int = 4):
         """``fpo_mc_samples``: (tau, eps) draws per chunk for the CFM-loss ratio; rounded up to a multiple of
         ``K = num_inference_steps`` so every sampler time gets the same number."""
-        super().__init__()
+        super().__init__(base_policy)
         if base_policy.noise_prior is not None or base_policy.residual_head is not None:
-            raise ValueError("rl_policy.method=fpo fine-tunes a plain flow; this checkpoint has a noise prior or a "
+            raise ValueError("rl_policy=fpo fine-tunes a plain flow; this checkpoint has a noise prior or a "
                              "residual head: fine-tune it with the method that made it (flow or residual)")
         if fpo_mc_samples < 1:
             raise ValueError(f"rl_policy.fpo_mc_samples must be >= 1, got {fpo_mc_samples}")
-        self.base = base_policy
         K = base_policy.num_inference_steps
         self.n_mc = -(-int(fpo_mc_samples) // K) * K
-        self._rl_config = dict(fpo_mc_samples=int(fpo_mc_samples))
         base_policy.velocity_net.requires_grad_(True)
-        start = base_policy.n_obs_steps - 1
-        self.exec_slice = slice(start, start + base_policy.n_action_steps)
         # tau_i = (i mod K) / K, shape (n_mc,): the sampler's integration times.
         self.register_buffer("taus", (torch.arange(self.n_mc) % K).float() / K, persistent=False)
-
-    def head_parameters(self) -> List[nn.Parameter]:
-        """No freshly initialised heads: everything trained is pretrained (``policy_lr``)."""
-        return []
-
-    def get_rl_config(self) -> Dict[str, Any]:
-        """The RL-specific ctor kwargs (the base's are in ``base.get_policy_config()``)."""
-        return dict(self._rl_config)
 
     @property
     def num_steps(self) -> int:
         """Entries after the action in a stored chain: the ``eps`` draws."""
         return self.n_mc
-
-    @property
-    def obs_encoder_frozen(self) -> bool:
-        """True when no encoder parameter trains: the PPO trainer then encodes each batch once."""
-        return not any(p.requires_grad for p in self.base.obs_encoder.parameters())
-
-    def normalize_obs(self, obs_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Raw obs -> normalized ``n_obs_steps`` frames (the critic's input)."""
-        return self.base.normalize_obs(obs_dict)
-
-    def encode_obs(self, obs_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Raw obs -> conditioning ``(B, cond_dim)``."""
-        return self.base.encode_obs(obs_dict)
-
-    def predict_action(self, obs_dict: Dict[str, torch.Tensor],
-                       noise: torch.Tensor | None = None) -> Dict[str, torch.Tensor]:
-        """Evaluation actions: the (fine-tuned) base policy's own sampler."""
-        return self.base.predict_action(obs_dict, noise)
 
     def cfm_losses(self, chains: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Per-draw CFM loss ``(B, n_mc)`` of the action ``chains[:, 0]`` for the draws ``chains[:, 1:]``,
@@ -120,13 +88,10 @@ class FPORLPolicy(nn.Module):
         del deterministic
         cond = self.encode_obs(obs_dict)
         base = self.base
-        draw = lambda *shape: batched_randn(shape, cond.shape[0], cond.device, generators, cond.dtype)  # noqa: E731
-        x = base.initial_noise(cond, noise if noise is not None else draw(base.horizon, base.action_dim))
-        for k in range(base.num_inference_steps):
-            x = base.euler_mean(x, k, cond)
+        x = self.base_chunk(cond, noise if noise is not None else self.draw(cond, generators, base.horizon, base.action_dim))
         if base.clip_sample:
             x = x.clamp(-1.0, 1.0)
-        chains = torch.cat([x.unsqueeze(1), draw(self.n_mc, base.horizon, base.action_dim)], dim=1)
+        chains = torch.cat([x.unsqueeze(1), self.draw(cond, generators, self.n_mc, base.horizon, base.action_dim)], dim=1)
         return RLSample(action=base.decode_actions(x)["action"], chains=chains,
                         log_prob=torch.zeros(cond.shape[0], device=cond.device))
 

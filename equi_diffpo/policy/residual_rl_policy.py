@@ -23,18 +23,17 @@ mean; with the zero-initialised head that is exactly the BC policy.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from equi_diffpo.common.seeding import batched_randn
 from equi_diffpo.model.residual_head import ResidualHead
 from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
-from equi_diffpo.policy.maniflow_rl_policy import LogProbResult, RLSample, gaussian_terms
+from equi_diffpo.policy.rl_policy_base import LogProbResult, RLPolicyBase, RLSample, gaussian_terms
 
 
-class ResidualRLPolicy(nn.Module):
+class ResidualRLPolicy(RLPolicyBase):
     """Wraps a pretrained base policy, gives it a residual head (kept if it already has one, e.g. when
     fine-tuning a residual checkpoint again). ``state_dict`` = ``base.*`` (residual head included)."""
 
@@ -44,16 +43,12 @@ class ResidualRLPolicy(nn.Module):
         """``residual_scale``: normalized action units per residual unit; ``residual_std_init``,
         ``residual_std_min``: the exploration std per action dim (residual units) at the start, and its floor;
         ``residual_per_chunk``: one residual per dim for the whole executed slice (see ``ResidualHead``)."""
-        super().__init__()
-        self.base = base_policy
+        super().__init__(base_policy)
         base_policy.enable_residual(residual_hidden, residual_scale, residual_std_init, residual_std_min,
                                     residual_per_chunk)
         for frozen in (base_policy.obs_encoder, base_policy.velocity_net, base_policy.noise_prior):
             if frozen is not None:
                 frozen.requires_grad_(False)
-        self._rl_config = dict(residual_hidden=int(residual_hidden), residual_scale=float(residual_scale),
-                               residual_std_init=float(residual_std_init), residual_std_min=float(residual_std_min),
-                               residual_per_chunk=bool(residual_per_chunk))
 
     @property
     def head(self) -> ResidualHead:
@@ -62,10 +57,6 @@ class ResidualRLPolicy(nn.Module):
     def head_parameters(self) -> List[nn.Parameter]:
         """The residual head's parameters (zero-initialised output): trained at ``ppo_trainer.head_lr``."""
         return list(self.head.parameters())
-
-    def get_rl_config(self) -> Dict[str, Any]:
-        """The RL-specific ctor kwargs (the base's are in ``base.get_policy_config()``)."""
-        return dict(self._rl_config)
 
     @property
     def num_steps(self) -> int:
@@ -77,22 +68,13 @@ class ResidualRLPolicy(nn.Module):
         """Always: the residual never trains the encoder, so features can be computed once per batch."""
         return True
 
-    def normalize_obs(self, obs_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Raw obs -> normalized ``n_obs_steps`` frames (the critic's input)."""
-        return self.base.normalize_obs(obs_dict)
-
     def encode_obs(self, obs_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Raw obs -> frozen conditioning ``(B, cond_dim)`` (no graph)."""
         if any(p.requires_grad for p in self.base.obs_encoder.parameters()):
-            raise ValueError("rl_policy.method=residual keeps the policy's encoder frozen (the residual conditions "
+            raise ValueError("rl_policy=residual keeps the policy's encoder frozen (the residual conditions "
                              "on its features and on the BC chunk): set rl_training.finetune_obs_encoder=false")
         with torch.no_grad():
             return self.base.encode_obs(obs_dict)
-
-    def predict_action(self, obs_dict: Dict[str, torch.Tensor],
-                       noise: torch.Tensor | None = None) -> Dict[str, torch.Tensor]:
-        """Deterministic actions (evaluation): BC chunk + residual mean, the base policy's own output."""
-        return self.base.predict_action(obs_dict, noise)
 
     def _terms(self, chains: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-density and entropy ``(B,)`` of the residual stored in ``chains`` ``(B, 2, horizon, Da)``."""
@@ -114,15 +96,12 @@ class ResidualRLPolicy(nn.Module):
         (its ``log_prob`` is still that chain's density under the stochastic policy)."""
         cond = self.encode_obs(obs_dict)
         base, head = self.base, self.head
-        draw = lambda *shape: batched_randn(shape, cond.shape[0], cond.device, generators, cond.dtype)  # noqa: E731
-        x = base.initial_noise(cond, noise if noise is not None else draw(base.horizon, base.action_dim))
-        for k in range(base.num_inference_steps):
-            x = base.euler_mean(x, k, cond)
+        x = self.base_chunk(cond, noise if noise is not None else self.draw(cond, generators, base.horizon, base.action_dim))
         mean, std = head(cond, x)
         if deterministic:
             residual = mean
         else:
-            eps = exploration_noise.to(mean) if exploration_noise is not None else draw(*head.shape)
+            eps = exploration_noise.to(mean) if exploration_noise is not None else self.draw(cond, generators, *head.shape)
             residual = mean + std * eps
         chains = torch.stack([x, head.add_to_chunk(x, residual)], dim=1)
         # Scored by the same function as get_log_prob, so an unchanged policy gives a ratio of exactly 1.

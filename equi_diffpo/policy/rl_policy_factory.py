@@ -1,44 +1,49 @@
-"""``rl_policy.method`` -> the RL view of a pretrained policy, built from the ``rl_policy`` config.
+"""``rl_policy`` config -> the RL view of a pretrained policy.
 
-``flow`` (:class:`ManiFlowRLPolicy`: latent-noise prior or noisy Euler chain), ``residual``
-(:class:`ResidualRLPolicy`: frozen BC chunk + Gaussian residual) and ``fpo`` (:class:`FPORLPolicy`: the
-velocity net itself, with a flow-matching-loss ratio). The config holds both methods' keys;
-each class gets only its own (read from its constructor), and a key neither knows is an error naming it.
+The method is the hydra group choice (``rl_policy=latent|chain|residual|fpo``,
+``equi_diffpo/config/rl_policy/<method>.yaml``), whose ``_target_`` names the class; its other keys are
+that class's constructor arguments. Building goes through :func:`build_rl_policy` rather than a bare
+``hydra.utils.instantiate`` so a key the method does not read (a typo, or another method's key) is an
+error that names it and lists the valid ones.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Mapping
+from typing import Any, Mapping
 
-import torch.nn as nn
+import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from equi_diffpo.common.hydra_cli import CONFIG_DIR
 from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
-from equi_diffpo.policy.fpo_rl_policy import FPORLPolicy
-from equi_diffpo.policy.maniflow_rl_policy import ManiFlowRLPolicy
-from equi_diffpo.policy.residual_rl_policy import ResidualRLPolicy
+from equi_diffpo.policy.rl_policy_base import RLPolicyBase
 
-RL_POLICIES = {"flow": ManiFlowRLPolicy, "residual": ResidualRLPolicy, "fpo": FPORLPolicy}
+RL_POLICY_DIR = CONFIG_DIR / "rl_policy"
 
 
-def _ctor_keys(cls: type) -> list[str]:
-    return [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "base_policy")]
+def rl_policy_names() -> list[str]:
+    """The methods with a yaml in ``config/rl_policy/``."""
+    return sorted(p.stem for p in RL_POLICY_DIR.glob("*.yaml"))
 
 
-def build_rl_policy(base: ManiFlowPointcloudPolicy, rl_policy_cfg: Mapping[str, Any] | DictConfig) -> nn.Module:
-    """The ``rl_policy.method`` class (default ``flow``) around ``base``, given its keys of ``rl_policy_cfg``."""
-    cfg: Dict[str, Any] = (OmegaConf.to_container(rl_policy_cfg, resolve=True)
-                           if isinstance(rl_policy_cfg, DictConfig) else dict(rl_policy_cfg))
-    method = cfg.pop("method", "flow")
-    if method not in RL_POLICIES:
-        raise ValueError(f"rl_policy.method={method!r}; valid: {sorted(RL_POLICIES)}")
-    keys = {name: _ctor_keys(cls) for name, cls in RL_POLICIES.items()}
-    known = {k for ks in keys.values() for k in ks}
-    unknown = sorted(set(cfg) - known)
+def rl_policy_config(name: str, **overrides: Any) -> dict:
+    """``config/rl_policy/<name>.yaml`` as a dict, with ``overrides`` applied (tests, scripts)."""
+    path = RL_POLICY_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ValueError(f"rl_policy={name!r}; valid: {rl_policy_names()}")
+    return {**OmegaConf.to_container(OmegaConf.load(path), resolve=True), **overrides}
+
+
+def build_rl_policy(base: ManiFlowPointcloudPolicy, rl_policy_cfg: Mapping[str, Any] | DictConfig) -> RLPolicyBase:
+    """The ``_target_`` class of ``rl_policy_cfg`` around ``base``, given the other keys."""
+    cfg = (OmegaConf.to_container(rl_policy_cfg, resolve=True) if isinstance(rl_policy_cfg, DictConfig)
+           else dict(rl_policy_cfg))
+    if "_target_" not in cfg:
+        raise ValueError(f"the rl_policy config has no _target_; choose a method with rl_policy=<name> "
+                         f"(one of {rl_policy_names()})")
+    cls = hydra.utils.get_class(cfg.pop("_target_"))
+    valid = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "base_policy")]
+    unknown = sorted(set(cfg) - set(valid))
     if unknown:
-        raise ValueError(f"unknown rl_policy key(s) {unknown}; valid keys: "
-                         + "; ".join(f"method={name}: {ks}" for name, ks in keys.items()))
-    if method == "flow" and base.residual_head is not None:
-        raise ValueError("the checkpoint's policy has a residual head, which rl_policy.method=flow would ignore "
-                         "in its rollouts: fine-tune it with rl_policy.method=residual")
-    return RL_POLICIES[method](base, **{k: v for k, v in cfg.items() if k in keys[method]})
+        raise ValueError(f"unknown rl_policy key(s) {unknown} for {cls.__name__}; valid keys: {valid}")
+    return cls(base, **cfg)

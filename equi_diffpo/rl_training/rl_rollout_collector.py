@@ -1,6 +1,6 @@
 """Rollout collector: vectorized robosuite envs -> chunk-level PPO transitions.
 
-One MDP step = one action chunk: the policy samples a noisy flow chain from the last
+One MDP step = one action chunk: the RL policy samples its chunk (and the chain it stores) from the last
 ``n_obs_steps`` observations, the env executes its ``n_action_steps`` actions (reward summed,
 stopping early on success = termination, or at ``max_episode_steps`` = truncation). Policy and
 critic run batched over all envs on ``training.device``; envs step in worker processes.
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from equi_diffpo.env.vector_env import VectorEnv
 from equi_diffpo.env_runner.episode_loop import Episode, run_episodes
 from equi_diffpo.env_runner.pointcloud_runner import env_kwargs_from_task, episode_metrics, torch_obs, write_video
-from equi_diffpo.policy.maniflow_rl_policy import ManiFlowRLPolicy
+from equi_diffpo.policy.rl_policy_base import RLPolicyBase
 
 
 @dataclass
@@ -75,7 +75,7 @@ class RLRolloutCollector:
         self._seed_rng = np.random.default_rng(seed)
 
     @torch.no_grad()
-    def collect(self, policy: ManiFlowRLPolicy, critic: torch.nn.Module, tag: str = "rollout") -> RolloutBatch:
+    def collect(self, policy: RLPolicyBase, critic: torch.nn.Module, tag: str = "rollout") -> RolloutBatch:
         device = next(policy.parameters()).device
         policy.eval()
         critic.eval()
