@@ -149,6 +149,10 @@ class PPOConfig:
     lr_schedule: str = "constant"
     total_epochs: Optional[int] = None  # horizon of cosine/linear decay, in RL epochs (warm-up included)
     norm_advantages: bool = True
+    # Asymmetric trust region (FPO++, Yi, Choi et al. 2026): PPO clipping for A >= 0, the SPO objective
+    # r*A - |A|/(2*clip_ratio)*(r-1)^2 for A < 0. Clipping only stops the push once a bad sample's ratio has
+    # left [1-eps, 1+eps]; SPO pulls it back, so bad chunks cannot drive a flow's CFM loss up without bound.
+    aspo: bool = False
     # Run a frozen policy/critic encoder once per batch instead of in every minibatch of every PPO
     # epoch (same numbers up to float rounding; false only to measure the difference).
     cache_features: bool = True
@@ -427,7 +431,11 @@ class PPOTrainer:
             advantages = (advantages - advantages.mean()) / (advantages.std(correction=0) + 1e-8)
         pg_loss1 = -advantages * ratio
         pg_loss2 = -advantages * torch.clamp(ratio, 1 - cfg.clip_ratio, 1 + cfg.clip_ratio)
-        pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+        pg_loss = torch.max(pg_loss1, pg_loss2)
+        if cfg.aspo:
+            spo = -(advantages * ratio - advantages.abs() / (2 * cfg.clip_ratio) * (ratio - 1).square())
+            pg_loss = torch.where(advantages >= 0, pg_loss, spo)
+        pg_loss = pg_loss.mean()
         entropy = result.entropy.mean()
         _check_finite("policy_loss", pg_loss, where)
         _check_finite("entropy", entropy, where)
