@@ -191,25 +191,29 @@ def test_hand_computed_losses_and_ratio_direction():
     assert d["charts/advantages_mean"] == pytest.approx(3.0)
 
 
-def test_aspo_pulls_a_bad_sample_back_where_clipping_stops():
-    """A < 0 and ratio 0.5 (pushed below 1 - 0.2): clipping gives no policy gradient, SPO (aspo) pulls the
-    ratio back up; for A > 0 both are PPO's clipped surrogate (the same loss)."""
+def test_negative_advantage_objectives():
+    """A < 0 and ratio 0.5 (pushed below 1 - 0.2): clipping gives no policy gradient, SPO pulls the ratio back
+    up, 'zero' ignores the sample; for A > 0 all three are PPO's clipped surrogate (the same loss)."""
     cfg = dict(ppo_epochs=1, mini_batch_size=4, norm_advantages=False, clip_ratio=0.2, critic_lr=0.0)
     losses = {}
-    for aspo in (False, True):
+    for objective in ("clip", "spo", "zero"):
         for sign in (-1.0, 1.0):
             torch.manual_seed(0)
             policy, critic = GaussianPolicy(), LinearCritic()
             batch = make_batch(policy, critic, batch_size=4)
             batch.advantages = torch.full((4,), sign)
             batch.log_probs = batch.log_probs - math.log(0.5)   # every ratio = 0.5
-            trainer = PPOTrainer(policy, critic, PPOConfig(aspo=aspo, **cfg))
+            trainer = PPOTrainer(policy, critic, PPOConfig(negative_advantages=objective, **cfg))
             stats = trainer.update(batch, epoch=0)
-            losses[aspo, sign] = (stats.policy_loss, stats.policy_grad_norm)
-    assert losses[False, -1.0][1] == pytest.approx(0.0, abs=1e-7)        # clipped: no gradient
+            losses[objective, sign] = (stats.policy_loss, stats.policy_grad_norm)
+    assert losses["clip", -1.0] == pytest.approx((0.8, 0.0), abs=1e-6)   # -A * clip(r) = 0.8, no gradient
     # SPO at r = 0.5, A = -1: -(A r - |A|/(2 eps) (r-1)^2) = 0.5 + 0.25/0.4 = 1.125, with a gradient
-    assert losses[True, -1.0][0] == pytest.approx(1.125, rel=1e-5) and losses[True, -1.0][1] > 0
-    assert losses[True, 1.0] == pytest.approx(losses[False, 1.0])
+    assert losses["spo", -1.0][0] == pytest.approx(1.125, rel=1e-5) and losses["spo", -1.0][1] > 0
+    assert losses["zero", -1.0] == (0.0, 0.0)
+    assert losses["spo", 1.0] == pytest.approx(losses["clip", 1.0])
+    assert losses["zero", 1.0] == pytest.approx(losses["clip", 1.0])
+    with pytest.raises(ValueError, match="negative_advantages='drop'"):
+        PPOConfig(negative_advantages="drop")
 
 
 def test_critic_warmup_updates_only_the_critic():

@@ -122,6 +122,7 @@ class PPOBatch:
 
 # ----------------------------------------------------------------------------- config
 LR_SCHEDULES = ("constant", "cosine", "linear")
+NEGATIVE_ADVANTAGES = ("clip", "spo", "zero")
 
 
 @dataclass
@@ -149,15 +150,21 @@ class PPOConfig:
     lr_schedule: str = "constant"
     total_epochs: Optional[int] = None  # horizon of cosine/linear decay, in RL epochs (warm-up included)
     norm_advantages: bool = True
-    # Asymmetric trust region (FPO++, Yi, Choi et al. 2026): PPO clipping for A >= 0, the SPO objective
-    # r*A - |A|/(2*clip_ratio)*(r-1)^2 for A < 0. Clipping only stops the push once a bad sample's ratio has
-    # left [1-eps, 1+eps]; SPO pulls it back, so bad chunks cannot drive a flow's CFM loss up without bound.
-    aspo: bool = False
+    # The surrogate for samples with A < 0 (after normalization); A >= 0 always uses PPO's clipped one.
+    #   clip: PPO's clipped surrogate.
+    #   spo:  FPO++'s asymmetric trust region (Yi, Choi et al. 2026), r*A - |A|/(2*clip_ratio)*(r-1)^2: clipping
+    #         only stops the push once a bad sample's ratio has left [1-eps, 1+eps]; SPO pulls it back, so bad
+    #         chunks cannot drive a flow's CFM loss up without bound.
+    #   zero: no gradient from them: the update only raises better-than-expected chunks (with fpo, advantage-
+    #         weighted flow matching on them, as self-imitation learning does).
+    negative_advantages: str = "clip"
     # Run a frozen policy/critic encoder once per batch instead of in every minibatch of every PPO
     # epoch (same numbers up to float rounding; false only to measure the difference).
     cache_features: bool = True
 
     def __post_init__(self) -> None:
+        if self.negative_advantages not in NEGATIVE_ADVANTAGES:
+            raise ValueError(f"negative_advantages={self.negative_advantages!r}; valid: {NEGATIVE_ADVANTAGES}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={self.lr_schedule!r}; valid: {LR_SCHEDULES}")
         if self.lr_schedule != "constant" and not (self.total_epochs and self.total_epochs > 0):
@@ -432,9 +439,11 @@ class PPOTrainer:
         pg_loss1 = -advantages * ratio
         pg_loss2 = -advantages * torch.clamp(ratio, 1 - cfg.clip_ratio, 1 + cfg.clip_ratio)
         pg_loss = torch.max(pg_loss1, pg_loss2)
-        if cfg.aspo:
+        if cfg.negative_advantages == "spo":
             spo = -(advantages * ratio - advantages.abs() / (2 * cfg.clip_ratio) * (ratio - 1).square())
             pg_loss = torch.where(advantages >= 0, pg_loss, spo)
+        elif cfg.negative_advantages == "zero":
+            pg_loss = torch.where(advantages >= 0, pg_loss, torch.zeros_like(pg_loss))
         pg_loss = pg_loss.mean()
         entropy = result.entropy.mean()
         _check_finite("policy_loss", pg_loss, where)
