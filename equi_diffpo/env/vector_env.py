@@ -59,6 +59,7 @@ class VectorEnv:
         self.n_envs, self.mode = n_envs, mode
         self._kwargs = [dict(env_kwargs, seed=seed + 1000 * i) for i in range(n_envs)]
         self.n_restarts = 0
+        self._inline_results: Dict[int, Any] = {}
         if mode == "inline":
             self._envs = [ChunkedEnv(**kw) for kw in self._kwargs]
         else:
@@ -97,8 +98,14 @@ class VectorEnv:
 
     def call(self, method: str, env_ids: Sequence[int], args: Sequence[tuple]) -> List[Optional[ChunkResult]]:
         """Run ``ChunkedEnv.<method>(*args[j])`` on env ``env_ids[j]``; ``None`` marks a crashed worker."""
+        return self.receive(env_ids, self.send(method, env_ids, args))
+
+    def send(self, method: str, env_ids: Sequence[int], args: Sequence[tuple]) -> List[bool]:
+        """Start ``method`` on each env without waiting (workers run while the caller does other work, e.g.
+        policy inference for another group of envs); :meth:`receive` collects. Inline mode runs it now."""
         if self.mode == "inline":
-            return [getattr(self._envs[i], method)(*a) for i, a in zip(env_ids, args)]
+            self._inline_results.update({i: getattr(self._envs[i], method)(*a) for i, a in zip(env_ids, args)})
+            return [True] * len(env_ids)
         sent = []
         for i, a in zip(env_ids, args):
             try:
@@ -106,6 +113,13 @@ class VectorEnv:
                 sent.append(True)
             except (BrokenPipeError, OSError):
                 sent.append(False)
+        return sent
+
+    def receive(self, env_ids: Sequence[int], sent: Sequence[bool]) -> List[Optional[ChunkResult]]:
+        """The replies of a :meth:`send` to ``env_ids`` (same order); ``None`` for a worker that died (it is
+        restarted). A worker's exception is raised after every reply is read, so none is left stale."""
+        if self.mode == "inline":
+            return [self._inline_results.pop(i) for i in env_ids]
         results: List[Optional[ChunkResult]] = []
         errors: List[str] = []
         for i, ok in zip(env_ids, sent):
@@ -118,9 +132,9 @@ class VectorEnv:
                 results.append(None)
                 continue
             if status == "error":
-                errors.append(f"env {i} raised in {method}:\n{payload}")
+                errors.append(f"env {i} raised:\n{payload}")
             results.append(payload)
-        if errors:  # raised only after every reply is read, so no stale reply awaits the next call
+        if errors:
             raise EnvWorkerError("\n".join(errors))
         return results
 

@@ -56,68 +56,102 @@ class Episode:
 
 def run_episodes(vec_env: VectorEnv, n_episodes: int, policy_step: PolicyStep, seeds: Sequence[int],
                  render_episodes: int = 0, keep_steps: bool = False,
-                 progress: Optional[Callable[[int], None]] = None) -> List[Episode]:
+                 progress: Optional[Callable[[int], None]] = None, overlap: bool = False) -> List[Episode]:
     """Collect ``n_episodes`` episodes; episode ``i`` uses ``seeds[i]`` (len(seeds) >= n_episodes
-    plus spares for crash replacements) and is rendered if ``i < render_episodes``."""
+    plus spares for crash replacements) and is rendered if ``i < render_episodes``.
+
+    ``overlap`` (needs >= 2 envs): the envs form two groups, and the policy runs for one group while the
+    other group's workers step (double buffering, as Sample Factory / EnvPool's async mode do). Each
+    episode's outcome stays a function of its seed: only which rows share a policy batch changes."""
     with torch_threads(vec_env.policy_threads):
-        return _run_episodes(vec_env, n_episodes, policy_step, seeds, render_episodes, keep_steps, progress)
+        return _EpisodeLoop(vec_env, n_episodes, policy_step, seeds, render_episodes, keep_steps, progress,
+                            overlap).run()
 
 
-def _run_episodes(vec_env: VectorEnv, n_episodes: int, policy_step: PolicyStep, seeds: Sequence[int],
-                  render_episodes: int, keep_steps: bool, progress: Optional[Callable[[int], None]]) -> List[Episode]:
-    started = 0
-    active: Dict[int, Episode] = {}                  # env id -> running episode
-    obs: Dict[int, Dict[str, np.ndarray]] = {}
-    finished: List[Episode] = []
-    crashed = 0
+class _EpisodeLoop:
+    """State of one :func:`run_episodes` call: running episodes per env, their last obs, chunks in flight."""
 
-    def start(env_ids: List[int]) -> None:
-        nonlocal started, crashed
+    def __init__(self, vec_env: VectorEnv, n_episodes: int, policy_step: PolicyStep, seeds: Sequence[int],
+                 render_episodes: int, keep_steps: bool, progress: Optional[Callable[[int], None]], overlap: bool):
+        self.vec_env, self.n_episodes, self.policy_step, self.seeds = vec_env, n_episodes, policy_step, seeds
+        self.render_episodes, self.keep_steps, self.progress = render_episodes, keep_steps, progress
+        envs = list(range(vec_env.n_envs))
+        self.groups = [envs[0::2], envs[1::2]] if overlap and len(envs) >= 2 else [envs]
+        self.started = self.crashed = 0
+        self.active: Dict[int, Episode] = {}                  # env id -> running episode
+        self.obs: Dict[int, Dict[str, np.ndarray]] = {}
+        self.finished: List[Episode] = []
+        # group -> (env ids, policy outputs, send flags) of the chunk its workers are stepping
+        self.in_flight: Dict[int, tuple] = {}
+
+    def run(self) -> List[Episode]:
+        self.start(list(range(self.vec_env.n_envs)))
+        for group in range(len(self.groups)):
+            self.launch(group)
+        while self.in_flight:
+            for group in range(len(self.groups)):
+                if group in self.in_flight:
+                    self.land(group)
+                    self.launch(group)
+        self.finished.sort(key=lambda e: e.index)
+        return self.finished
+
+    def start(self, env_ids: List[int]) -> None:
+        """Reset ``env_ids`` into new episodes while episodes remain (a worker that died retries)."""
         while env_ids:
             ids, episodes = [], []
             for env_id in env_ids:
-                if started >= n_episodes + crashed:
+                if self.started >= self.n_episodes + self.crashed:
                     continue
-                if started >= len(seeds):
-                    raise RuntimeError(f"ran out of seeds after {crashed} crashed episodes")
-                episodes.append(Episode(index=started, seed=int(seeds[started])))
+                if self.started >= len(self.seeds):
+                    raise RuntimeError(f"ran out of seeds after {self.crashed} crashed episodes")
+                episodes.append(Episode(index=self.started, seed=int(self.seeds[self.started])))
                 ids.append(env_id)
-                started += 1
-            results = vec_env.reset(ids, [e.seed for e in episodes], [e.index < render_episodes for e in episodes])
+                self.started += 1
+            results = self.vec_env.reset(ids, [e.seed for e in episodes], [self.rendered(e) for e in episodes])
             env_ids = []
             for env_id, episode, result in zip(ids, episodes, results):
                 if result is None:                   # worker died during reset: try again
-                    crashed += 1
+                    self.crashed += 1
                     env_ids.append(env_id)
                     continue
-                active[env_id], obs[env_id] = episode, result.obs
+                self.active[env_id], self.obs[env_id] = episode, result.obs
                 episode.frames.extend(result.frames)
 
-    start(list(range(vec_env.n_envs)))
-    while active:
-        env_ids = sorted(active)
-        batch = {k: np.stack([obs[i][k] for i in env_ids]) for k in obs[env_ids[0]]}
+    def rendered(self, episode: Episode) -> bool:
+        return episode.index < self.render_episodes
+
+    def launch(self, group: int) -> None:
+        """Policy on the group's running episodes, then their chunks go to the workers (not awaited)."""
+        env_ids = sorted(i for i in self.groups[group] if i in self.active)
+        if not env_ids:
+            return
+        batch = {k: np.stack([self.obs[i][k] for i in env_ids]) for k in self.obs[env_ids[0]]}
         raise_if_interrupted()
-        out = policy_step(batch, [active[i].rng for i in env_ids])
-        results = vec_env.step_chunk(env_ids, out["action"], [active[i].index < render_episodes for i in env_ids])
+        out = self.policy_step(batch, [self.active[i].rng for i in env_ids])
+        render = [self.rendered(self.active[i]) for i in env_ids]
+        sent = self.vec_env.send("step_chunk", env_ids, [(out["action"][j], render[j]) for j in range(len(env_ids))])
+        self.in_flight[group] = (env_ids, out, sent)
+
+    def land(self, group: int) -> None:
+        """Collect the group's stepped chunks, record them, and start new episodes where some ended."""
+        env_ids, out, sent = self.in_flight.pop(group)
         restart: List[int] = []
-        for j, (env_id, result) in enumerate(zip(env_ids, results)):
-            episode = active[env_id]
+        for j, (env_id, result) in enumerate(zip(env_ids, self.vec_env.receive(env_ids, sent))):
+            episode = self.active[env_id]
             if result is None:
-                crashed += 1
-                del active[env_id]
+                self.crashed += 1
+                del self.active[env_id]
                 restart.append(env_id)
                 continue
-            _record(episode, result, {k: v[j] for k, v in out.items()}, obs[env_id], keep_steps)
-            obs[env_id] = result.obs
+            _record(episode, result, {k: v[j] for k, v in out.items()}, self.obs[env_id], self.keep_steps)
+            self.obs[env_id] = result.obs
             if result.done:
-                finished.append(active.pop(env_id))
-                if progress is not None:
-                    progress(1)
+                self.finished.append(self.active.pop(env_id))
+                if self.progress is not None:
+                    self.progress(1)
                 restart.append(env_id)
-        start(restart)
-    finished.sort(key=lambda e: e.index)
-    return finished
+        self.start(restart)
 
 
 def _record(episode: Episode, result: ChunkResult, policy_out: Dict[str, np.ndarray],

@@ -58,14 +58,16 @@ class PointCloudEnvRunner:
 
     def __init__(self, task: Mapping[str, Any] | DictConfig, output_dir: str, n_episodes: int = 50, n_envs: int = 2,
                  n_videos: int = 1, render_size: int = 128, max_episode_steps: Optional[int] = None,
-                 n_obs_steps: int = 2, seed: int = 100000, vec_mode: str = "process", noise_scale: float = 1.0):
+                 n_obs_steps: int = 2, seed: int = 100000, vec_mode: str = "process", noise_scale: float = 1.0,
+                 overlap: bool = True):
         """``noise_scale``: the flow starts from ``noise_scale * N(0, I)`` draws (0 = fully deterministic);
-        a diagnostic of how much the policy's behaviour rides on its initial noise."""
+        a diagnostic of how much the policy's behaviour rides on its initial noise. ``overlap``: policy for one
+        group of envs while the other steps (:func:`run_episodes`; results are the same either way)."""
         self.env_kwargs = env_kwargs_from_task(task, n_obs_steps, render_size if n_videos > 0 else None, max_episode_steps)
         self.noise_scale = float(noise_scale)
         self.output_dir = output_dir
         self.n_episodes, self.n_envs, self.n_videos = n_episodes, min(n_envs, n_episodes), n_videos
-        self.seed, self.vec_mode = seed, vec_mode
+        self.seed, self.vec_mode, self.overlap = seed, vec_mode, bool(overlap)
         self._vec_env: Optional[VectorEnv] = None
 
     @property
@@ -93,7 +95,7 @@ class PointCloudEnvRunner:
         seeds = range(self.seed, self.seed + 2 * self.n_episodes + 10)
         with tqdm(total=self.n_episodes, desc=tag, unit="ep", leave=False) as bar:
             episodes = run_episodes(self.vec_env, self.n_episodes, policy_step, seeds,
-                                    render_episodes=self.n_videos, progress=bar.update)
+                                    render_episodes=self.n_videos, progress=bar.update, overlap=self.overlap)
         policy.train(was_training)
         metrics: Dict[str, Any] = episode_metrics(episodes, "eval")
         metrics["video_paths"] = [write_video(e.frames, os.path.join(self.output_dir, "videos", f"{tag}_seed{e.seed}.mp4"))

@@ -64,7 +64,10 @@ class RolloutBatch:
 class RLRolloutCollector:
     def __init__(self, task: Mapping[str, Any], output_dir: str, n_episodes_per_batch: int = 16, n_envs: int = 2,
                  max_episode_steps: int | None = None, render_episodes: int = 0, render_size: int = 128,
-                 n_obs_steps: int = 2, seed: int = 0, vec_mode: str = "process"):
+                 n_obs_steps: int = 2, seed: int = 0, vec_mode: str = "process", overlap: bool = True):
+        """``overlap``: policy inference for one group of envs while the other group's workers step
+        (:func:`~equi_diffpo.env_runner.episode_loop.run_episodes`)."""
+        self.overlap = bool(overlap)
         self.n_episodes_per_batch = n_episodes_per_batch
         self.render_episodes = render_episodes
         self.output_dir = output_dir
@@ -90,7 +93,8 @@ class RLRolloutCollector:
         seeds = self._seed_rng.integers(0, 2**31 - 1, size=2 * self.n_episodes_per_batch + 10)
         with tqdm(total=self.n_episodes_per_batch, desc=tag, unit="ep", leave=False) as bar:
             episodes = run_episodes(self.vec_env, self.n_episodes_per_batch, policy_step, seeds,
-                                    render_episodes=self.render_episodes, keep_steps=True, progress=bar.update)
+                                    render_episodes=self.render_episodes, keep_steps=True, progress=bar.update,
+                                    overlap=self.overlap)
         steps = [s for e in episodes for s in e.steps]
         truncated = np.array([s.truncated for s in steps])
         next_values = np.zeros(len(steps), dtype=np.float32)

@@ -91,13 +91,14 @@ class RLWorkspace(BaseWorkspace):
                                   n_envs=rc.n_envs, max_episode_steps=rc.max_episode_steps,
                                   render_episodes=rc.render_episodes if self.dist.is_main else 0,
                                   render_size=rc.render_size, n_obs_steps=self.cfg.policy.n_obs_steps,
-                                  seed=self.cfg.training.seed * 7919 + self.epoch * 104729 + self.dist.rank, vec_mode=rc.vec_mode)
+                                  seed=self.cfg.training.seed * 7919 + self.epoch * 104729 + self.dist.rank, vec_mode=rc.vec_mode,
+                                  overlap=rc.overlap)
 
     def make_val_runner(self) -> PointCloudEnvRunner:
         rc = self.cfg.rl_training.rollout_collector
         return PointCloudEnvRunner(self.cfg.task, self.output_dir, n_episodes=self.cfg.rl_training.n_val_episodes,
                                    n_envs=rc.n_envs, n_videos=0, max_episode_steps=rc.max_episode_steps,
-                                   n_obs_steps=self.cfg.policy.n_obs_steps, vec_mode=rc.vec_mode)
+                                   n_obs_steps=self.cfg.policy.n_obs_steps, vec_mode=rc.vec_mode, overlap=rc.overlap)
 
     def train_epoch(self, collector: RLRolloutCollector) -> Dict[str, Any]:
         """One RL epoch: collect a batch of whole episodes, then one PPO update."""
