@@ -1,5 +1,5 @@
 """FPO policy (flow-matching-loss ratio): rollouts are the base sampler's own actions, the surrogate is
-the hand-computed CFM loss at the sampler's times (scored by the trainer before its first step, so the
+the hand-computed flow-matching loss on a tau grid (scored by the trainer before its first step, so the
 first ratio is 1), a gradient step on it carries the sampler towards a rewarded chunk, and a one-epoch RL
 run fine-tunes the velocity net only."""
 from __future__ import annotations
@@ -37,7 +37,8 @@ def generators(seed: int = 0):
 
 def test_rollout_action_is_the_base_sampler_and_draws_are_reproducible(obs):
     rl = make_fpo(mc=3)
-    assert isinstance(rl, FPORLPolicy) and rl.n_mc == 4   # rounded up to a multiple of K=2
+    assert isinstance(rl, FPORLPolicy) and rl.n_mc == 3
+    assert rl.base.get_policy_config()["flow_sampling"] is True     # samples with the branch FPO trains
     noise = torch.randn(B, TINY["horizon"], 7)
     sample = rl.sample_actions(obs, noise=noise)
     torch.testing.assert_close(sample.action, rl.base.predict_action(obs, noise)["action"], rtol=0, atol=0)
@@ -47,18 +48,17 @@ def test_rollout_action_is_the_base_sampler_and_draws_are_reproducible(obs):
     assert torch.equal(a.chains, b.chains) and torch.equal(a.log_prob, b.log_prob)
 
 
-def test_surrogate_is_the_cfm_loss_at_the_sampler_times(obs):
+def test_surrogate_is_the_flow_matching_loss_on_a_tau_grid(obs):
     rl = make_fpo()
     sample = rl.sample_actions(obs, generators=generators())
     cond = rl.encode_obs(obs)
     action, eps = sample.chains[:, 0], sample.chains[:, 1:]
-    dt = 1.0 / TINY["num_inference_steps"]
     hand = torch.zeros(B)
     for i in range(rl.n_mc):
-        tau = (i % TINY["num_inference_steps"]) * dt
+        tau = (i + 0.5) / rl.n_mc
         x_tau = (1 - tau) * eps[:, i] + tau * action
         with torch.no_grad():
-            v = rl.base.velocity_net(x_tau, tau, dt, cond)
+            v = rl.base.velocity_net(x_tau, tau, 0.0, cond)
         hand += (v - (action - eps[:, i]))[:, EXEC].square().mean(dim=(1, 2)) / rl.n_mc
     assert rl.defers_log_prob and torch.equal(sample.log_prob, torch.zeros(B))   # scored by the trainer
     for given in (None, cond):
@@ -113,6 +113,11 @@ def test_fpo_rl_epoch_trains_the_velocity_net_and_checkpoint_loads(tiny_checkpoi
     assert metrics["losses/first_minibatch_ratio_max_dev"] < 1e-4
     changed = {k.split(".")[0] for k, v in workspace.model.state_dict().items() if not torch.equal(v, bc_weights[k])}
     assert changed == {"velocity_net"}
-    policy, _, _ = load_policy(os.path.join(workspace.checkpoint_dir, "latest.ckpt"))
+    policy, cfg, _ = load_policy(os.path.join(workspace.checkpoint_dir, "latest.ckpt"))
     for k, v in policy.state_dict().items():
         torch.testing.assert_close(v, workspace.model.state_dict()[k], rtol=0, atol=0)
+    assert cfg.policy.flow_sampling is True   # evaluation samples with the branch RL trained
+    obs = {"point_cloud": torch.rand(2, 2, 64, 3) + torch.tensor([0.0, 0.0, 0.8]), "agent_pos": torch.rand(2, 2, 9)}
+    noise = torch.randn(2, policy.horizon, policy.action_dim)
+    torch.testing.assert_close(policy.predict_action(obs, noise)["action"],
+                               workspace.model.predict_action(obs, noise)["action"], rtol=0, atol=0)
