@@ -44,6 +44,18 @@ TINY_POLICY_KWARGS = dict(point_dim=3, agent_pos_dim=9, action_dim=7, horizon=8,
                           down_dims=[16, 32], kernel_size=3, time_embed_dim=16, n_groups=4)
 
 
+# The executed slice of a TINY_POLICY_KWARGS chunk (time indices n_obs_steps-1 : +n_action_steps).
+TINY_EXEC = slice(TINY_POLICY_KWARGS["n_obs_steps"] - 1,
+                  TINY_POLICY_KWARGS["n_obs_steps"] - 1 + TINY_POLICY_KWARGS["n_action_steps"])
+
+
+def tiny_obs(batch: int) -> Dict[str, "torch.Tensor"]:
+    """Random raw obs for the tiny policy, ``{'point_cloud': (B, 2, 20, 3), 'agent_pos': (B, 2, 9)}``, drawn
+    after ``torch.manual_seed(0)`` so every test file sees the same ones."""
+    torch.manual_seed(0)
+    return {"point_cloud": torch.rand(batch, 2, 20, 3), "agent_pos": torch.rand(batch, 2, 9)}
+
+
 def tiny_base_policy():
     """A ManiFlowPointcloudPolicy of ``TINY_POLICY_KWARGS`` with a normalizer fitted on random data
     (actions in [-1, 1], identity point clouds); draws from the global torch RNG."""

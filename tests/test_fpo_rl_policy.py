@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from conftest import TINY_RL, TINY_POLICY_KWARGS, compose_cfg, tiny_base_policy
+from conftest import TINY_EXEC, TINY_RL, TINY_POLICY_KWARGS, compose_cfg, tiny_base_policy, tiny_obs
 from equi_diffpo.common.checkpoint_io import load_policy
 from equi_diffpo.policy.fpo_rl_policy import FPORLPolicy
 from equi_diffpo.policy.rl_policy_factory import build_rl_policy, rl_policy_config
@@ -18,13 +18,12 @@ torch.set_num_threads(1)
 
 TINY = TINY_POLICY_KWARGS
 B = 5
-EXEC = slice(TINY["n_obs_steps"] - 1, TINY["n_obs_steps"] - 1 + TINY["n_action_steps"])
+EXEC = TINY_EXEC
 
 
 @pytest.fixture
 def obs():
-    torch.manual_seed(0)
-    return {"point_cloud": torch.rand(B, 2, 20, 3), "agent_pos": torch.rand(B, 2, 9)}
+    return tiny_obs(B)
 
 
 def make_fpo(mc: int = 4) -> FPORLPolicy:

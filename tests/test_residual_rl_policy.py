@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from conftest import TINY_RL, compose_cfg, TINY_POLICY_KWARGS, tiny_base_policy
+from conftest import TINY_EXEC, TINY_RL, compose_cfg, TINY_POLICY_KWARGS, tiny_base_policy, tiny_obs
 from equi_diffpo.common.checkpoint_io import load_policy
 from equi_diffpo.policy import ManiFlowPointcloudPolicy
 from equi_diffpo.policy.residual_rl_policy import ResidualRLPolicy
@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 
 TINY = TINY_POLICY_KWARGS
 B = 5
-EXEC = slice(TINY["n_obs_steps"] - 1, TINY["n_obs_steps"] - 1 + TINY["n_action_steps"])
+EXEC = TINY_EXEC
 SCALE = 0.1
 
 
@@ -30,8 +30,7 @@ def make_base() -> ManiFlowPointcloudPolicy:
 
 @pytest.fixture
 def obs():
-    torch.manual_seed(0)
-    return {"point_cloud": torch.rand(B, 2, 20, 3), "agent_pos": torch.rand(B, 2, 9)}
+    return tiny_obs(B)
 
 
 def trained_residual(base: ManiFlowPointcloudPolicy) -> ResidualRLPolicy:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, Normal
 
-from conftest import TINY_POLICY_KWARGS, tiny_base_policy
+from conftest import TINY_EXEC, TINY_POLICY_KWARGS, tiny_base_policy, tiny_obs
 from equi_diffpo.model.value_head import ValueHead
 from equi_diffpo.policy import ManiFlowPointcloudPolicy
 from equi_diffpo.policy.latent_noise_policy import LatentNoisePolicy
@@ -16,13 +16,12 @@ torch.set_num_threads(1)
 
 TINY = TINY_POLICY_KWARGS
 B = 5
-EXEC = slice(TINY["n_obs_steps"] - 1, TINY["n_obs_steps"] - 1 + TINY["n_action_steps"])
+EXEC = TINY_EXEC
 
 
 @pytest.fixture
 def setup():
-    torch.manual_seed(0)
-    obs = {"point_cloud": torch.rand(B, 2, 20, 3), "agent_pos": torch.rand(B, 2, 9)}
+    obs = tiny_obs(B)
     base = tiny_base_policy()
     rl = NoisyChainPolicy(base, sigma_min=0.08, sigma_max=0.14, noise_hidden=32)
     # The noise head starts at a constant sigma; give it large random output weights so sigma varies
