@@ -14,6 +14,10 @@ so the clipped surrogate is advantage-weighted flow matching inside a trust regi
 lower CFM loss (the flow carries more noise to them), bad ones a higher one. No noise head, no
 likelihood: exploration is the flow's own randomness in ``x_0``, exactly what evaluation draws.
 
+Measured on lift_d0 from the shipped checkpoint (docs/EXPERIMENTS.md, 2026-12-01): no setting tried beat the
+latent-noise default; at ``policy_lr`` 1e-4 the rollout success fell to ~0 within 6 epochs, at 3e-5 it drifted
+down. It is kept as a documented option for larger batches and GPU budgets, not as a recommendation.
+
 Which branch: the flow-matching one (``dt = 0``, instantaneous velocity), for the loss and, from now on,
 for sampling (``base.enable_flow_sampling``, recorded in the checkpoint). Its conditional targets ``a - eps``
 have the marginal velocity as their minimizer, so the regression is unbiased there. Applied to the
@@ -53,7 +57,7 @@ class FPORLPolicy(RLPolicyBase):
         super().__init__(base_policy)
         if base_policy.noise_prior is not None or base_policy.residual_head is not None:
             raise ValueError("rl_policy=fpo fine-tunes a plain flow; this checkpoint has a noise prior or a "
-                             "residual head: fine-tune it with the method that made it (flow or residual)")
+                             "residual head: fine-tune it with the method that made it (latent, chain or residual)")
         if fpo_mc_samples < 1:
             raise ValueError(f"rl_policy.fpo_mc_samples must be >= 1, got {fpo_mc_samples}")
         self.n_mc = int(fpo_mc_samples)
