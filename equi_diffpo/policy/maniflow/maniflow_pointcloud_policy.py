@@ -11,11 +11,17 @@ Conventions of the original, kept:
     low-dim keys ``robot0_eef_pos`` (3), ``robot0_eef_quat`` (4, xyzw), ``robot0_gripper_qpos`` (2)
     (upstream ManiFlow: one ``agent_pos``). Every field, all 6 point channels included, is normalized
     by the checkpoint's equidiff normalizer; the colour channels are dropped after that unless
-    ``use_pc_color``. Our envs' ``agent_pos`` (eef pos + ``robot0_eef_quat_site`` + gripper qpos; the
-    1.5 site quaternion is robosuite 1.4's ``robot0_eef_quat``) is split into the three keys when they
-    are not given.
+    ``use_pc_color``. When the three keys are not given, our envs' ``agent_pos`` (eef pos + eef quat
+    of the grip SITE + gripper qpos) is split into them, the quaternion turned into the hand BODY's:
+    robosuite <= 1.4 (MimicGen's data) recorded the body as ``robot0_eef_quat`` (1.5 keeps that key and
+    adds ``robot0_eef_quat_site``); for the Panda the body is the site turned +90 deg about its z. A
+    quaternion's sign is not fixed by the rotation: MuJoCo's body quaternion has x > 0 around the
+    top-down poses of these tasks (x ~ 1), so that hemisphere is taken (exact on our rollouts; a hand
+    turned ~180 deg in yaw away from them could get the other sign).
   * actions 10-d: pos(3) + rot6d(6) + gripper(1) with rot6d = the first two ROWS of the rotation
-    matrix (pytorch3d ``matrix_to_rotation_6d``); ``predict_action`` returns them unchanged.
+    matrix (pytorch3d ``matrix_to_rotation_6d``; ``action_rot6d='rows'``), returned unchanged by
+    ``predict_action``; our datasets store columns (``action_rot6d='columns'`` for a policy trained
+    on them). Evaluation converts rows to our envs' columns (:func:`equi_diffpo.env.rotation.rot6d_rows_to_columns`).
   * the flow-time direction is ``time_convention`` (see :mod:`.time_convention`): required, since
     the checkpoints do not record it.
   * sampling: Euler, ``num_inference_steps`` steps, relative target t; executed actions are
@@ -43,6 +49,8 @@ from equi_diffpo.model.vision_3d.pointnet_extractor import DP3Encoder
 from equi_diffpo.policy.maniflow.time_convention import get_time_convention
 
 ROBOSUITE_STATE_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
+# Panda: hand body orientation = grip site orientation * Rz(+90 deg) (xyzw; measured, tests/test_maniflow_env.py).
+SITE_TO_BODY_QUAT = (0.0, 0.0, math.sqrt(0.5), math.sqrt(0.5))
 # Keys of the original MimicGen cfg that the original forwarded to its net, which ignored them.
 # ``canonicalization_mode`` only matters with ``use_canonicalization``, which is refused.
 IGNORED_KWARGS = frozenset({"max_lang_cond_len", "pcd_input_channel", "pcd_down_sample_num", "crop_shape",
@@ -52,6 +60,23 @@ UNSUPPORTED = {"obs_as_global_cond": True, "block_type": "DiTX", "encoder_type":
                "pointnet_type": "pointnet", "pre_norm_modality": False, "language_conditioned": False,
                "use_canonicalization": False, "sample_target_t_mode": "relative",
                "sample_t_mode_consistency": "discrete", "sample_dt_mode_consistency": "uniform"}
+
+
+def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product of xyzw quaternions ``(..., 4)`` (rotation ``a`` then, in its frame, ``b``)."""
+    ax, ay, az, aw = a.unbind(-1)
+    bx, by, bz, bw = b.unbind(-1)
+    return torch.stack([aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz], dim=-1)
+
+
+def agent_pos_to_robosuite_state(agent_pos: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Our ``agent_pos`` ``(..., 9)`` = eef pos, grip-site quat (xyzw), gripper qpos -> the original's
+    ``robot0_eef_pos`` (3), ``robot0_eef_quat`` (4: hand body, x >= 0 hemisphere), ``robot0_gripper_qpos`` (2)."""
+    pos, site_quat, gripper = agent_pos.split([3, 4, 2], dim=-1)
+    body_quat = quat_multiply(site_quat, site_quat.new_tensor(SITE_TO_BODY_QUAT))
+    body_quat = torch.where(body_quat[..., :1] < 0, -body_quat, body_quat)
+    return dict(zip(ROBOSUITE_STATE_KEYS, (pos, body_quat, gripper)))
 
 
 def _plain(value: Any) -> Any:
@@ -70,7 +95,7 @@ class ManiFlowTransformerPointcloudPolicy(nn.Module):
                  pointcloud_encoder_cfg: Optional[Mapping[str, Any]] = None, downsample_points: bool = False,
                  state_keys: Optional[Sequence[str]] = None, flow_batch_ratio: float = 0.75,
                  consistency_batch_ratio: float = 0.25, denoise_timesteps: int = 10,
-                 sample_t_mode_flow: str = "beta", **options: Any):
+                 sample_t_mode_flow: str = "beta", action_rot6d: str = "rows", **options: Any):
         super().__init__()
         self.time = get_time_convention(time_convention)
         for key, value in options.items():
@@ -80,6 +105,8 @@ class ManiFlowTransformerPointcloudPolicy(nn.Module):
                 raise TypeError(f"unknown policy option {key!r}")
         if abs(flow_batch_ratio + consistency_batch_ratio - 1.0) > 1e-6:
             raise ValueError("flow_batch_ratio + consistency_batch_ratio must be 1")
+        if action_rot6d not in ("rows", "columns"):
+            raise ValueError(f"action_rot6d={action_rot6d!r}; use 'rows' (the original's data) or 'columns' (ours)")
         if sample_t_mode_flow not in ("beta", "uniform"):
             raise ValueError(f"sample_t_mode_flow={sample_t_mode_flow!r}; use 'beta' or 'uniform'")
         shape_meta = _plain(shape_meta)
@@ -110,6 +137,7 @@ class ManiFlowTransformerPointcloudPolicy(nn.Module):
         self.flow_batch_ratio, self.denoise_timesteps = float(flow_batch_ratio), int(denoise_timesteps)
         self.sample_t_mode_flow = sample_t_mode_flow
         self.time_convention = self.time.name
+        self.action_rot6d = action_rot6d
 
     @property
     def device(self) -> torch.device:
@@ -125,7 +153,7 @@ class ManiFlowTransformerPointcloudPolicy(nn.Module):
         obs = dict(obs_dict)
         missing = [k for k in self.state_keys if k not in obs]
         if missing and "agent_pos" in obs and self.state_keys == list(ROBOSUITE_STATE_KEYS):
-            obs.update(zip(self.state_keys, obs["agent_pos"].split(list(self.state_dims.values()), dim=-1)))
+            obs.update(agent_pos_to_robosuite_state(obs["agent_pos"]))
         elif missing:
             raise KeyError(f"observation lacks {missing} (has {sorted(obs)})")
         if obs["point_cloud"].shape[1] < self.n_obs_steps:
