@@ -13,7 +13,8 @@ import torch
 
 from equi_diffpo.model.equidiff_normalizer import EquidiffNormalizer
 from equi_diffpo.model.vision_3d.pointnet_extractor import farthest_point_sample
-from equi_diffpo.policy.maniflow.maniflow_pointcloud_policy import ManiFlowTransformerPointcloudPolicy
+from equi_diffpo.policy.maniflow.maniflow_pointcloud_policy import (ManiFlowTransformerPointcloudPolicy,
+                                                                    agent_pos_to_robosuite_state)
 from equi_diffpo.policy.maniflow.time_convention import CONVENTIONS
 
 CONVENTION_NAMES = sorted(CONVENTIONS)
@@ -118,13 +119,16 @@ def test_predict_action_shapes_and_executed_slice():
 
 
 def test_agent_pos_of_our_envs_is_split_into_the_robosuite_keys():
-    """Our env's agent_pos = eef pos (3) + eef quat (4, the site frame = robosuite 1.4's robot0_eef_quat) + gripper (2)."""
+    """Our env's agent_pos = eef pos (3) + grip-site quat (4) + gripper (2); the policy turns it into the
+    original's three keys (the quaternion conversion is checked against robosuite in test_maniflow_env.py)."""
     policy = tiny_policy()
     obs = random_obs()
     noise = torch.randn(2, 16, 10)
-    ours = {"point_cloud": obs["point_cloud"], "privileged": torch.zeros(2, 2, 5),
-            "agent_pos": torch.cat([obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["robot0_gripper_qpos"]], -1)}
-    torch.testing.assert_close(policy.predict_action(ours, noise)["action"], policy.predict_action(obs, noise)["action"])
+    agent_pos = torch.cat([obs["robot0_eef_pos"], obs["robot0_eef_quat"], obs["robot0_gripper_qpos"]], -1)
+    ours = {"point_cloud": obs["point_cloud"], "privileged": torch.zeros(2, 2, 5), "agent_pos": agent_pos}
+    theirs = {"point_cloud": obs["point_cloud"], **agent_pos_to_robosuite_state(agent_pos)}
+    torch.testing.assert_close(theirs["robot0_eef_pos"], obs["robot0_eef_pos"])
+    torch.testing.assert_close(policy.predict_action(ours, noise)["action"], policy.predict_action(theirs, noise)["action"])
 
 
 def test_colour_channels_are_normalized_then_used_or_dropped():
