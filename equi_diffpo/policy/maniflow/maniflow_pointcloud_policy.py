@@ -130,7 +130,6 @@ class ManiFlowTransformerPointcloudPolicy(nn.Module):
                           visual_cond_len, diffusion_timestep_embed_dim, diffusion_target_t_embed_dim, n_layer,
                           n_head, n_emb, mlp_ratio, p_drop_attn, qkv_bias, qk_norm)
         self.state_keys = list(state_keys)
-        self.state_dims = {k: low_dim[k] for k in self.state_keys}
         self.use_pc_color = bool(use_pc_color)
         self.horizon, self.n_action_steps, self.n_obs_steps = int(horizon), int(n_action_steps), int(n_obs_steps)
         self.num_inference_steps = int(num_inference_steps)
