@@ -1,6 +1,7 @@
 """Success rate, mean return/length and mp4 videos for a BC or RL checkpoint.
 
     python scripts/eval_policy.py checkpoint=data/checkpoints/lift_d0_default.ckpt n_episodes=50
+    python scripts/eval_policy.py checkpoint=<original ManiFlow .ckpt> task_name=stack_d0 time_convention=t0_noise_t1_data
 Writes ``eval.json`` (metrics + per-episode results) and videos to ``output_dir``.
 """
 import json
@@ -10,19 +11,27 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from equi_diffpo.common.checkpoint_io import load_policy
-from equi_diffpo.common.hydra_cli import CONFIG_DIR
+from equi_diffpo.common.checkpoint_io import CheckpointError, load_policy
+from equi_diffpo.common.hydra_cli import CONFIG_DIR, task_config
 from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
 from equi_diffpo.workspace.base_workspace import resolve_device
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval_policy")
 def main(cfg: DictConfig) -> None:
-    policy, ckpt_cfg, _ = load_policy(cfg.checkpoint, resolve_device(cfg.device))
+    try:
+        policy, ckpt_cfg, _ = load_policy(cfg.checkpoint, resolve_device(cfg.device), time_convention=cfg.time_convention)
+    except CheckpointError as err:
+        raise SystemExit(f"error: {err}") from err
     if cfg.num_inference_steps:
         policy.num_inference_steps = int(cfg.num_inference_steps)
     task = ckpt_cfg.task
-    if cfg.task_name and cfg.task_name != task.name:
+    if "point_cloud" not in task:       # written by the original ManiFlow code: its own task format
+        if not cfg.task_name:
+            raise SystemExit("error: this checkpoint was written by the original ManiFlow code; "
+                             "pass task_name=<one of ours> to evaluate it in our envs")
+        task = task_config(cfg.task_name, ["+task/point_cloud=maniflow_original"])
+    elif cfg.task_name and cfg.task_name != task.name:
         raise SystemExit(f"error: checkpoint was trained on {task.name!r}, not task_name={cfg.task_name!r}")
     out = cfg.output_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "..",
                                          f"eval_{time.strftime('%Y%m%d_%H%M%S')}")

@@ -9,12 +9,14 @@ and are renamed into place, so a kill mid-write never leaves a truncated ``lates
 """
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import dill
 import hydra
+import hydra.errors
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -78,24 +80,53 @@ def check_policy_config(ckpt_cfg: Mapping[str, Any], expected: Mapping[str, Any]
         raise CheckpointError(f"checkpoint {path!r} was trained with a different policy config:\n" + "\n".join(diffs))
 
 
+def resolve_time_convention(cfg: DictConfig, time_convention: Optional[str], path: str) -> DictConfig:
+    """``cfg`` with ``policy.time_convention`` stated, for policies that take one.
+
+    Checkpoints of the original ManiFlow code do not record their flow-time direction, and the two
+    in use are not interchangeable, so it is never guessed: the caller's ``time_convention`` fills
+    it in (and is then recorded in the returned cfg); one that contradicts a recorded value is an error.
+    """
+    target = str(cfg.policy.get("_target_", ""))
+    recorded = cfg.policy.get("time_convention")
+    if time_convention is None or recorded == time_convention:
+        return cfg
+    if recorded is not None:
+        raise CheckpointError(f"checkpoint {path!r} records policy.time_convention={recorded!r}, "
+                              f"not the requested {time_convention!r}")
+    if not target.endswith("ManiFlowTransformerPointcloudPolicy"):
+        raise CheckpointError(f"time_convention={time_convention!r} was given, but {target} records its own")
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.policy.time_convention = time_convention
+    return cfg
+
+
 def load_policy(path: str, device: str | torch.device = "cpu", expected_config: Optional[Mapping[str, Any]] = None,
-                prefer_ema: bool = True) -> Tuple[torch.nn.Module, DictConfig, Dict[str, Any]]:
+                prefer_ema: bool = True, time_convention: Optional[str] = None
+                ) -> Tuple[torch.nn.Module, DictConfig, Dict[str, Any]]:
     """Build the checkpoint's policy from its own ``cfg.policy`` and load its weights.
 
     Prefers ``ema_model`` (the weights BC evaluation used). RL checkpoints store their fine-tuned
-    policy under the same keys, so the BC evaluator loads them unchanged. Returns
-    ``(policy on device, cfg, payload)``."""
+    policy under the same keys, so the BC evaluator loads them unchanged. Checkpoints written by
+    the original ManiFlow code load too (their ``_target_`` names our
+    ``ManiFlowTransformerPointcloudPolicy``); they need ``time_convention`` (see
+    :func:`resolve_time_convention`). Returns ``(policy on device, cfg, payload)``."""
     payload = load_payload(path)
     cfg = payload["cfg"]
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
+    cfg = resolve_time_convention(cfg, time_convention, path)
     policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
     if expected_config:
         check_policy_config(policy_cfg, expected_config, path)
     key = "ema_model" if prefer_ema and "ema_model" in payload["state_dicts"] else "model"
     if key not in payload["state_dicts"]:
         raise CheckpointError(f"checkpoint {path!r} has no 'model' or 'ema_model' state dict")
-    policy = hydra.utils.instantiate(cfg.policy)
+    try:
+        policy = hydra.utils.instantiate(cfg.policy)
+    except hydra.errors.InstantiationException as err:
+        raise CheckpointError(f"checkpoint {path!r}: cannot build its policy: {err.__cause__ or err}") from err
     state = payload["state_dicts"][key]
     # The normalizer's fields depend on the dataset: create them from the checkpoint before comparing.
     policy.normalizer.load_state_dict({k[len("normalizer."):]: v for k, v in state.items() if k.startswith("normalizer.")})

@@ -23,14 +23,27 @@ def available_tasks() -> List[str]:
 
 def compose_config(config_name: str, overrides: Sequence[str] = ()) -> "DictConfig":
     """The resolved config an entry point would see for ``overrides``, through hydra's compose API:
-    for tests and for the benchmark/diagnostic scripts, which are not hydra apps."""
+    for tests and for the benchmark/diagnostic scripts, which are not hydra apps. Inside a hydra app
+    of ours (whose search path is ``CONFIG_DIR``) it composes with the app's running hydra."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    if GlobalHydra.instance().is_initialized():
         cfg = compose(config_name=config_name, overrides=list(overrides))
+    else:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides))
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def task_config(task_name: str, overrides: Sequence[str] = ()) -> "DictConfig":
+    """Our resolved ``task/<task_name>.yaml`` (plus ``overrides``, e.g. ``+task/point_cloud=...``), for
+    checkpoints whose cfg carries no task of ours (those written by the original ManiFlow code)."""
+    if task_name not in available_tasks():
+        raise ValueError(f"unknown task_name={task_name!r}; valid names: {', '.join(available_tasks())}")
+    return compose_config("train_maniflow_pointcloud", [f"task={task_name}", *overrides]).task
 
 
 def route_task_name(argv: List[str] | None = None) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Type, Union
 
 import numpy as np
 import torch
@@ -21,7 +21,10 @@ from torch.utils.data import Dataset
 
 from equi_diffpo.dataset.replay_buffer import ReplayBuffer
 from equi_diffpo.dataset.sequence_sampler import SequenceSampler, downsample_mask, get_val_mask
+from equi_diffpo.model.equidiff_normalizer import EquidiffNormalizer
 from equi_diffpo.model.normalizer import LinearNormalizer
+
+Normalizer = Union[LinearNormalizer, EquidiffNormalizer]
 
 KEYS = ("point_cloud", "agent_pos", "action")
 
@@ -95,11 +98,13 @@ class PointCloudDataset(Dataset):
         val.sampler = self._make_sampler(self.val_mask)
         return val
 
-    def get_normalizer(self) -> LinearNormalizer:
+    def get_normalizer(self, normalizer_cls: Type[Normalizer] = LinearNormalizer) -> Normalizer:
         """Fit on every step of the training episodes: 'limits' for action and agent_pos (to
-        [-1, 1]), 'identity' for point_cloud (as DP3/ManiFlow: xyz already in metres near 0)."""
+        [-1, 1]), 'identity' for point_cloud (as DP3/ManiFlow: xyz already in metres near 0).
+        ``normalizer_cls``: the policy's normalizer class (its state layout), e.g. the
+        ``EquidiffNormalizer`` of ``ManiFlowTransformerPointcloudPolicy``."""
         step_mask = np.repeat(self.train_mask, np.diff(self.episode_ends, prepend=0))
-        return LinearNormalizer.fit(
+        return normalizer_cls.fit(
             {"action": self.data["action"][step_mask],
              "agent_pos": self.data["agent_pos"][step_mask],
              # identity only needs the channel count; avoid copying the whole cloud array.

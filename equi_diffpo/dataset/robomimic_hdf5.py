@@ -3,7 +3,9 @@
 Layout: ``data/demo_<i>/{actions (T,7), states (T,S), rewards (T,), dones (T,), obs/<key> (T,...)}``,
 ``data`` attrs ``env_args`` (JSON: env_name, env_kwargs, type) and ``total``; per demo attrs
 ``num_samples`` and ``model_file`` (the MJCF the states refer to). Files written by robomimic /
-robosuite / MimicGen tools share it, so the converter reads those too.
+MimicGen tools share it, so the converter reads those too, and robosuite's own
+``gather_demonstrations_as_hdf5`` files (``data`` attrs ``env`` + ``env_info`` instead of
+``env_args``, no obs). Their actions may be delta OSC (:mod:`equi_diffpo.dataset.delta_actions`).
 """
 from __future__ import annotations
 
@@ -11,15 +13,17 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import h5py
 import numpy as np
 
+from equi_diffpo.dataset.delta_actions import controller_configs_of, is_delta_controller
+
 
 @dataclass
 class Demo:
-    """One demonstration: ``actions`` (T, 7) absolute robosuite actions, ``states`` (T, S)."""
+    """One demonstration: ``actions`` (T, 7) robosuite actions (see ``DemoReader.action_mode``), ``states`` (T, S)."""
     name: str
     actions: np.ndarray
     states: np.ndarray
@@ -76,36 +80,50 @@ class DemoReader:
             self.file = h5py.File(path, "r")
         except OSError as err:
             raise ValueError(f"{path!r} is not a readable hdf5 file (corrupt or truncated?): {err}") from err
-        if "data" not in self.file or "env_args" not in self.file["data"].attrs:
-            raise ValueError(f"{path!r} is not in robomimic layout: expected group 'data' with attribute 'env_args'")
         self.path = path
-        self.env_args: Dict[str, Any] = json.loads(self.file["data"].attrs["env_args"])
+        self.env_args: Dict[str, Any] = self._env_args()
         self.names: List[str] = sorted((k for k in self.file["data"].keys() if k.startswith("demo")), key=_demo_index)
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def action_key(self) -> str:
-        """robomimic's own files hold *delta* actions in ``actions``; their absolute conversion
-        (equidiff/robomimic tooling) is ``actions_abs``. Ours are absolute in ``actions``."""
-        controller = json.dumps(self.env_args.get("env_kwargs", {}).get("controller_configs", {}))
+    def _env_args(self) -> Dict[str, Any]:
+        """robomimic's ``env_args``; for robosuite's ``gather_demonstrations_as_hdf5`` files, the same
+        built from their ``env`` (name) and ``env_info`` (JSON of the make kwargs) attributes."""
+        attrs = self.file["data"].attrs if "data" in self.file else {}
+        if "env_args" in attrs:
+            return json.loads(attrs["env_args"])
+        if "env" in attrs:
+            info = json.loads(attrs.get("env_info") or "{}")
+            return {"env_name": str(attrs["env"]), "type": 1, "source_format": "robosuite_gather",
+                    "env_kwargs": {k: v for k, v in info.items() if k != "env_name"}}
+        raise ValueError(f"{self.path!r} is not a demo file: expected group 'data' with attribute 'env_args' "
+                         "(robomimic / MimicGen) or 'env' + 'env_info' (robosuite gather_demonstrations_as_hdf5)")
+
+    @property
+    def controller_configs(self) -> Dict[str, Any]:
+        return controller_configs_of(self.env_args.get("env_kwargs", {}))
+
+    def action_mode(self) -> Tuple[str, bool]:
+        """``(dataset key, delta?)``: robomimic's absolute conversion (equidiff tooling) is ``actions_abs``;
+        otherwise ``actions``, delta or absolute as the recorded controller config says."""
         first = self.file["data"][self.names[0]] if self.names else {}
         if "actions_abs" in first:
-            return "actions_abs"
-        if '"input_type": "absolute"' in controller or '"control_delta": false' in controller:
-            return "actions"
-        raise ValueError(f"{self.path!r} holds delta actions (controller is not absolute) and no 'actions_abs': "
-                         "convert it to absolute actions first (robomimic/equidiff abs conversion)")
+            return "actions_abs", False
+        return "actions", is_delta_controller(self.controller_configs)
+
+    def __getitem__(self, index: int) -> Demo:
+        key, _ = self.action_mode()
+        name = self.names[index]
+        grp = self.file["data"][name]
+        for required in (key, "states"):
+            if required not in grp:
+                raise ValueError(f"{self.path!r}: data/{name} has no {required!r} dataset")
+        model = grp.attrs.get("model_file")
+        return Demo(name, grp[key][()], grp["states"][()], model if isinstance(model, str) else None)
 
     def __iter__(self) -> Iterator[Demo]:
-        key = self.action_key()
-        for name in self.names:
-            grp = self.file["data"][name]
-            for required in (key, "states"):
-                if required not in grp:
-                    raise ValueError(f"{self.path!r}: data/{name} has no {required!r} dataset")
-            model = grp.attrs.get("model_file")
-            yield Demo(name, grp[key][()], grp["states"][()], model if isinstance(model, str) else None)
+        return (self[i] for i in range(len(self)))
 
     def close(self) -> None:
         self.file.close()

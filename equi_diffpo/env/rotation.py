@@ -30,6 +30,14 @@ def matrix_to_rot6d(mat: np.ndarray) -> np.ndarray:
     return np.concatenate([mat[..., :, 0], mat[..., :, 1]], axis=-1)
 
 
+def rot6d_rows_to_columns(action: np.ndarray) -> np.ndarray:
+    """(..., 10) action whose rot6d holds the first two ROWS of the rotation matrix (pytorch3d's
+    ``matrix_to_rotation_6d``: the original ManiFlow / equidiff data) -> the same action in our layout
+    (columns). Gram-Schmidt as pytorch3d's ``rotation_6d_to_matrix``, which builds the rows."""
+    mat = np.swapaxes(rot6d_to_matrix(action[..., 3:9]), -1, -2)
+    return np.concatenate([action[..., :3], matrix_to_rot6d(mat), action[..., 9:]], axis=-1)
+
+
 def env_action_to_policy_action(action: np.ndarray) -> np.ndarray:
     """(..., 7) robosuite absolute action -> (..., 10) policy action."""
     mat = Rotation.from_rotvec(action[..., 3:6].reshape(-1, 3)).as_matrix().reshape(*action.shape[:-1], 3, 3)

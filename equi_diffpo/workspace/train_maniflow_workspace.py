@@ -21,11 +21,13 @@ from equi_diffpo.workspace.base_workspace import BaseWorkspace, resolve_device, 
 
 
 def check_dataset_matches(dataset: PointCloudDataset, cfg: DictConfig) -> None:
-    """The dataset's dims must be the policy's: name the config key to change otherwise."""
+    """The dataset's dims must be the policy's: name the config key to change otherwise. Both policy
+    configs take the dims from ``task.*``; the U-Net's repeats them as ``policy.*``."""
     meta = dataset.meta
     for key, have in (("point_dim", meta.point_dim), ("agent_pos_dim", meta.agent_pos_dim), ("action_dim", meta.action_dim)):
-        if cfg.policy[key] != have:
-            raise ValueError(f"policy.{key}={cfg.policy[key]} but dataset {cfg.dataset.zarr_path} has {have}: "
+        name, value = (f"policy.{key}", cfg.policy[key]) if key in cfg.policy else (f"task.{key}", cfg.task[key])
+        if value != have:
+            raise ValueError(f"{name}={value} but dataset {cfg.dataset.zarr_path} has {have}: "
                              f"set task.{key}={have} (or regenerate the dataset)")
 
 
@@ -52,7 +54,7 @@ class TrainManiFlowWorkspace(BaseWorkspace):
     def _build_data(self):
         dataset = PointCloudDataset(**self.cfg.dataset)
         check_dataset_matches(dataset, self.cfg)
-        normalizer = dataset.get_normalizer()
+        normalizer = dataset.get_normalizer(type(self.model.normalizer))
         self.model.set_normalizer(normalizer)
         self.ema_model.set_normalizer(copy.deepcopy(normalizer))
         loader = DataLoader(dataset, **self.cfg.dataloader, drop_last=len(dataset) > self.cfg.dataloader.batch_size)

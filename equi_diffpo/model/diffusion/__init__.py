@@ -1,0 +1,1 @@
+"""Velocity networks of the original ManiFlow checkpoints (DiT-X transformer)."""
