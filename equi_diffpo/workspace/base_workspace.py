@@ -16,15 +16,21 @@ import torch
 from omegaconf import DictConfig
 
 from equi_diffpo.common.checkpoint_io import atomic_torch_save, load_payload
+from equi_diffpo.common.errors import ConfigError
+from equi_diffpo.common.hydra_cli import hydra_output_dir
 
 
 def resolve_device(name: str) -> torch.device:
     """``training.device``: cpu | cuda | cuda:N, with a clear error when CUDA is absent."""
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"training.device={name!r} is not a device: use cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"training.device={name} but CUDA is not available here; use training.device=cpu")
+        raise ConfigError(f"training.device={name} but CUDA is not available here: use training.device=cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RuntimeError(f"training.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+        raise ConfigError(f"training.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist: "
+                          f"use training.device=cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -40,15 +46,9 @@ class BaseWorkspace:
 
     def __init__(self, cfg: DictConfig, output_dir: Optional[str] = None):
         self.cfg = cfg
-        self.output_dir = output_dir or self._hydra_output_dir()
+        self.output_dir = output_dir or hydra_output_dir()
         self.global_step = 0
         self.epoch = 0
-
-    @staticmethod
-    def _hydra_output_dir() -> str:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else os.path.abspath("data/outputs/run")
 
     @property
     def checkpoint_dir(self) -> str:

@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from equi_diffpo.common.config_checks import BC_RULES, check_config
+from equi_diffpo.common.errors import ConfigError, input_errors_as_config_errors
 from equi_diffpo.common.interrupt import InterruptGuard, raise_if_interrupted
 from equi_diffpo.common.run_logger import RunLogger
 from equi_diffpo.dataset.pointcloud_dataset import PointCloudDataset
@@ -25,8 +27,8 @@ def check_dataset_matches(dataset: PointCloudDataset, cfg: DictConfig) -> None:
     meta = dataset.meta
     for key, have in (("point_dim", meta.point_dim), ("agent_pos_dim", meta.agent_pos_dim), ("action_dim", meta.action_dim)):
         if cfg.policy[key] != have:
-            raise ValueError(f"policy.{key}={cfg.policy[key]} but dataset {cfg.dataset.zarr_path} has {have}: "
-                             f"set task.{key}={have} (or regenerate the dataset)")
+            raise ConfigError(f"policy.{key}={cfg.policy[key]} but dataset {cfg.dataset.zarr_path} has {have}: "
+                              f"set task.{key}={have} (or regenerate the dataset)")
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -37,6 +39,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 class TrainManiFlowWorkspace(BaseWorkspace):
     def __init__(self, cfg: DictConfig, output_dir: str | None = None):
+        check_config(cfg, BC_RULES)
         super().__init__(cfg, output_dir)
         set_seed(cfg.training.seed)
         if cfg.training.torch_threads:
@@ -50,7 +53,8 @@ class TrainManiFlowWorkspace(BaseWorkspace):
 
     # ------------------------------------------------------------------ pieces
     def _build_data(self):
-        dataset = PointCloudDataset(**self.cfg.dataset)
+        with input_errors_as_config_errors("dataset.zarr_path", FileNotFoundError, ValueError):  # the dataset's own checks
+            dataset = PointCloudDataset(**self.cfg.dataset)
         check_dataset_matches(dataset, self.cfg)
         normalizer = dataset.get_normalizer()
         self.model.set_normalizer(normalizer)
@@ -63,7 +67,7 @@ class TrainManiFlowWorkspace(BaseWorkspace):
         if self.cfg.training.lr_schedule == "constant":
             return lambda step: 1.0
         if self.cfg.training.lr_schedule != "cosine":
-            raise ValueError(f"training.lr_schedule={self.cfg.training.lr_schedule!r}; use cosine or constant")
+            raise ConfigError(f"training.lr_schedule={self.cfg.training.lr_schedule!r} is not valid: use cosine or constant")
         warmup = min(500, max(1, total_steps // 20))
         return lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
 
