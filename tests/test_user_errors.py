@@ -82,6 +82,24 @@ def test_rl_checkpoint_of_another_task(tiny_checkpoint, tmp_path):
                     "task_name: checkpoint 'lift_d0' vs requested 'stack_d0'")
 
 
+def test_rl_resume_with_another_config(tiny_checkpoint, tmp_path):
+    """latest.ckpt of a run with critic.hidden=16, resumed with critic.hidden=32."""
+    run_dir = tmp_path / "run"
+    RLWorkspace(compose_cfg("train_maniflow_pointcloud_rl", rl(tiny_checkpoint)[1:]), output_dir=str(run_dir)).save_checkpoint()
+    line = error_line(run_quiet(rl(tiny_checkpoint, "critic.hidden=32", f"hydra.run.dir={run_dir}"), tmp_path))
+    assert line.startswith(f"error: checkpoint '{run_dir / 'checkpoints' / 'latest.ckpt'}' does not fit this run's 'critic'")
+    assert line.endswith("start over with training.resume=false or another hydra.run.dir")
+
+
+def test_rl_resume_with_only_corrupt_checkpoints(tiny_checkpoint, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for name in ("latest.ckpt", "epoch_0001.ckpt"):
+        (run_dir / "checkpoints" / name).write_bytes(b"not a checkpoint")
+    line = error_line(run_quiet(rl(tiny_checkpoint, f"hydra.run.dir={run_dir}"), tmp_path))
+    assert line.startswith(f"error: no readable checkpoint in '{run_dir / 'checkpoints'}'")
+
+
 @pytest.mark.parametrize("script", ["scripts/train_rl.py", "scripts/train.py", "scripts/eval_policy.py",
                                     "scripts/generate_demos.py", "scripts/convert_to_pointcloud.py", "test_rl_rollout.py"])
 def test_unknown_task_name(script, tmp_path):

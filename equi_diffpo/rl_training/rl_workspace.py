@@ -133,9 +133,9 @@ class RLWorkspace(BaseWorkspace):
     # ------------------------------------------------------------------ loop
     def run(self) -> Dict[str, Any]:
         cfg, rl = self.cfg, self.cfg.rl_training
-        if cfg.training.resume and self.latest_checkpoint():
-            self.load_checkpoint()
-            print(f"resumed from {self.latest_checkpoint()} at epoch {self.epoch} ({self.env_steps} env steps)")
+        resumed = self.resume()
+        if resumed:
+            print(f"resumed from {resumed} at epoch {self.epoch} ({self.env_steps} env steps)")
         main = self.dist.is_main
         logger = RunLogger(self.output_dir, cfg.logging, cfg, enabled=main)
         collector = self.make_collector()

@@ -80,9 +80,9 @@ class TrainManiFlowWorkspace(BaseWorkspace):
     def run(self) -> Dict[str, Any]:
         cfg = self.cfg
         loader, val_loader = self._build_data()
-        if cfg.training.resume and self.latest_checkpoint():
-            self.load_checkpoint()
-            print(f"resumed from {self.latest_checkpoint()} at epoch {self.epoch}")
+        resumed = self.resume()
+        if resumed:
+            print(f"resumed from {resumed} at epoch {self.epoch}")
         self.model.to(self.device)
         self.ema_model.to(self.device)
         total_steps = cfg.training.max_train_steps or cfg.training.num_epochs * len(loader)
