@@ -77,7 +77,7 @@ TINY_TASK: List[str] = [
     f"task.point_cloud.n_points={N_POINTS}", f"task.max_episode_steps={MAX_EPISODE_STEPS}",
     "task.point_cloud.presample_points=2048",
 ]
-# RL runs: tiny noise head / critic, inline envs, 2 short episodes per batch (at most 2 x 16 / 8 = 4 chunk
+# RL runs: tiny critic, inline envs, 2 short episodes per batch (at most 2 x 16 / 8 = 4 chunk
 # steps, so minibatches of 4), nothing rendered.
 TINY_RL: List[str] = TINY_TASK + [
     "critic.hidden=16", "critic.pc_out=16", "critic.state_out=8",

@@ -13,8 +13,10 @@ from typing import List
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import PYTHON, REPO_ROOT, TINY_RL, bc_overrides, compose_cfg
+from equi_diffpo.common import config_checks
 from equi_diffpo.common.errors import USAGE_EXIT_CODE, report_user_errors
 from equi_diffpo.rl_training.rl_workspace import RLWorkspace
 
@@ -182,6 +184,17 @@ def test_hydra_full_error_keeps_the_traceback(tiny_checkpoint, tmp_path):
 
 
 # ----------------------------------------------------------------------------- range rules, in-process
+@pytest.mark.parametrize("config_name, rules", [
+    ("train_maniflow_pointcloud_rl", config_checks.RL_RULES), ("train_maniflow_pointcloud", config_checks.BC_RULES),
+    ("eval_policy", config_checks.EVAL_RULES), ("generate_demos", config_checks.DEMO_RULES),
+    ("convert_to_pointcloud", config_checks.CONVERT_RULES)])
+def test_every_rule_names_a_key_of_its_config_and_the_defaults_pass(config_name, rules):
+    """A rule whose key is absent is skipped, so a renamed key must fail here rather than go unchecked."""
+    cfg = compose_cfg(config_name, ["checkpoint=x.ckpt"] if config_name == "eval_policy" else [])
+    assert [rule.key for rule in rules if OmegaConf.select(cfg, rule.key, default=KeyError) is KeyError] == []
+    config_checks.check_config(cfg, rules)
+
+
 @pytest.mark.parametrize("override, line", [
     ("rl_training.rollout_collector.n_episodes_per_batch=0",
      "rl_training.rollout_collector.n_episodes_per_batch=0 is not valid: use an integer >= 1"),

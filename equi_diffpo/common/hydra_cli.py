@@ -74,7 +74,10 @@ def parse_key_values(argv: List[str], defaults: Dict[str, str]) -> Dict[str, str
     return args
 
 
-def hydra_entry_point(config_name: str, task_group: bool = True) -> Callable[[Callable[["DictConfig"], None]], Callable[[], None]]:
+Body = Callable[["DictConfig"], None]   # what an entry point does with its composed config
+
+
+def hydra_entry_point(config_name: str, task_group: bool = True) -> Callable[[Body], Callable[[], None]]:
     """Decorator: ``body(cfg)`` becomes a command-line program on config ``config_name``.
 
     The program routes ``task_name`` (``task_group=False``: the config has no ``task`` group, the
@@ -84,7 +87,7 @@ def hydra_entry_point(config_name: str, task_group: bool = True) -> Callable[[Ca
     import hydra
     from omegaconf import OmegaConf
 
-    def wrap(body: Callable[["DictConfig"], None]) -> Callable[[], None]:
+    def wrap(body: Body) -> Callable[[], None]:
         @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
         @functools.wraps(body)   # hydra names the job (and its log file) after the body's script
         def main(cfg: "DictConfig") -> None:
