@@ -1,5 +1,6 @@
 """RL smoke test: load the pretrained policy + envs, collect one rollout batch (and optionally one
-full PPO epoch), print episode stats, timing and losses; exit 0 on success, 1 on any failure.
+full PPO epoch), print episode stats, timing and losses; exit 0 on success, 1 on any failure, 2 on
+a user error (bad override value, unusable checkpoint: one line, as for scripts/train_rl.py).
 
     python test_rl_rollout.py [overrides]             # one rollout batch
     python test_rl_rollout.py training [overrides]    # + one PPO update (one RL epoch)
@@ -20,6 +21,7 @@ from typing import Dict, List
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from equi_diffpo.common.errors import report_user_errors
 from equi_diffpo.common.hydra_cli import CONFIG_DIR, route_task_name
 
 # Small and quiet unless the user overrides them.
@@ -92,7 +94,8 @@ def main(argv: List[str]) -> int:
 if __name__ == "__main__":
     os.environ.setdefault("MUJOCO_GL", "egl")
     try:
-        sys.exit(main(sys.argv[1:]))
+        with report_user_errors():
+            sys.exit(main(sys.argv[1:]))
     except SystemExit:
         raise
     except BaseException:  # noqa: BLE001 - a smoke test reports every failure as exit code 1

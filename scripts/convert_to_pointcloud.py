@@ -7,19 +7,26 @@
 Accepts our files, robomimic / MimicGen files and robosuite's ``gather_demonstrations_as_hdf5`` files;
 delta OSC actions are converted to absolute ones and the per-demo replay errors are printed.
 """
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from equi_diffpo.common.hydra_cli import CONFIG_DIR, route_task_name
+from equi_diffpo.common.config_checks import CONVERT_RULES, check_config
+from equi_diffpo.common.errors import input_errors_as_config_errors
+from equi_diffpo.common.hydra_cli import hydra_entry_point
+from equi_diffpo.common.run_logger import log_summary
 from equi_diffpo.dataset.pointcloud_conversion import convert_to_pointcloud
+from equi_diffpo.dataset.robomimic_hdf5 import DemoReader
 from equi_diffpo.env.point_cloud import PointCloudConfig
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="convert_to_pointcloud")
+@hydra_entry_point("convert_to_pointcloud")
 def main(cfg: DictConfig) -> None:
+    check_config(cfg, CONVERT_RULES)
+    with input_errors_as_config_errors("input", FileNotFoundError, ValueError):   # missing, corrupt, not robomimic
+        DemoReader(cfg.input).close()
     pc_cfg = PointCloudConfig(**OmegaConf.to_container(cfg.task.point_cloud, resolve=True))
     buffer = convert_to_pointcloud(cfg.input, cfg.output, pc_cfg, seed=cfg.seed, max_demos=cfg.max_demos,
                                    n_workers=cfg.n_workers)
+    log_summary(cfg, {"data/n_episodes": buffer.n_episodes, "data/n_steps": buffer.n_steps})
     seconds = buffer.attrs["convert_seconds"]
     print(f"wrote {buffer.n_episodes} episodes / {buffer.n_steps} steps to {cfg.output} "
           f"(point_cloud {tuple(buffer['point_cloud'].shape[1:])}, source {pc_cfg.source}) in {seconds:.0f} s "
@@ -34,5 +41,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    route_task_name()
     main()

@@ -77,7 +77,8 @@ TINY_TASK: List[str] = [
     f"task.point_cloud.n_points={N_POINTS}", f"task.max_episode_steps={MAX_EPISODE_STEPS}",
     "task.point_cloud.presample_points=2048",
 ]
-# RL runs: tiny noise head / critic, inline envs, 2 short episodes per batch, nothing rendered.
+# RL runs: tiny critic, inline envs, 2 short episodes per batch (at most 2 x 16 / 8 = 4 chunk
+# steps, so minibatches of 4), nothing rendered.
 TINY_RL: List[str] = TINY_TASK + [
     "critic.hidden=16", "critic.pc_out=16", "critic.state_out=8",
     "rl_training.num_epochs=1", "rl_training.val_every=0", "rl_training.checkpoint_every=1",
@@ -85,7 +86,7 @@ TINY_RL: List[str] = TINY_TASK + [
     "rl_training.rollout_collector.vec_mode=inline", "rl_training.rollout_collector.render_episodes=0",
     f"rl_training.rollout_collector.max_episode_steps={MAX_EPISODE_STEPS}",
     "rl_training.ppo_trainer.critic_warmup_epochs=0", "rl_training.ppo_trainer.ppo_epochs=1",
-    "rl_training.ppo_trainer.mini_batch_size=8", "logging.mode=disabled",
+    "rl_training.ppo_trainer.mini_batch_size=4", "logging.mode=disabled",
 ]
 
 

@@ -13,6 +13,7 @@ import torch
 
 from conftest import BOX_HI, BOX_LO, N_POINTS, TINY_RL, bc_overrides, compose_cfg, read_metrics
 from equi_diffpo.common.checkpoint_io import load_policy
+from equi_diffpo.common.errors import ConfigError
 from equi_diffpo.workspace.base_workspace import resolve_device
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -43,7 +44,7 @@ def assert_same_actions_on_cpu(checkpoint: str, trained_policy: torch.nn.Module)
 
 def test_cuda_device_without_cuda_names_the_fix(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="training.device=cpu"):
+    with pytest.raises(ConfigError, match="training.device=cpu"):
         resolve_device("cuda")
 
 

@@ -2,12 +2,15 @@
 N complete episodes for any number of envs."""
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from equi_diffpo.common.robosuite_logs import IMPORT_NOISE
 from equi_diffpo.env.rotation import env_action_to_policy_action
 from equi_diffpo.env.vector_env import EnvWorkerError, VectorEnv
 from equi_diffpo.env_runner.episode_loop import run_episodes
@@ -34,6 +37,18 @@ def process_vec():
     vec = VectorEnv(ENV_KWARGS, n_envs=2, mode="process", seed=0)
     yield vec
     vec.close()
+
+
+def test_workers_do_not_print_robosuite_import_warnings(capfd):
+    """Each worker imports robosuite anew; its import-time warnings (other robots, GR1 IK, macros) stay out."""
+    plain = subprocess.run([sys.executable, "-c", "import robosuite"], capture_output=True, text=True, timeout=300)
+    if not any(noise in plain.stderr for noise in IMPORT_NOISE):
+        pytest.skip("this robosuite install prints no import warnings")   # e.g. robosuite_models installed
+    capfd.readouterr()
+    with VectorEnv(ENV_KWARGS, n_envs=2, mode="process", seed=0) as vec:
+        vec.reset([0, 1], seeds=[0, 1], render=[False, False])
+    err = capfd.readouterr().err     # the workers write to this process's stderr
+    assert not [noise for noise in IMPORT_NOISE if noise in err], err
 
 
 def test_process_reset_and_step_chunk_shapes(process_vec):

@@ -20,9 +20,12 @@ import hydra.errors
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from equi_diffpo.common.errors import UserError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable or does not fit the requested policy."""
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that is missing, unreadable or does not fit the requested policy (entry points
+    report it on one line, see :mod:`equi_diffpo.common.errors`)."""
 
 
 def atomic_torch_save(payload: Dict[str, Any], path: str) -> str:
@@ -45,15 +48,16 @@ def atomic_torch_save(payload: Dict[str, Any], path: str) -> str:
 
 def load_payload(path: str, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
     if not path or not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist; pass pretrained_policy_path=<file.ckpt> "
-                              "(the shipped default is data/checkpoints/lift_d0_default.ckpt; "
-                              "scripts/make_default_checkpoint.sh rebuilds it)")
+        raise CheckpointError(f"checkpoint {path!r} does not exist: check the path (the shipped default is "
+                              "data/checkpoints/lift_d0_default.ckpt; scripts/make_default_checkpoint.sh rebuilds it)")
     try:
         payload = torch.load(path, map_location=map_location, pickle_module=dill, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise CheckpointError(f"checkpoint {path!r} could not be read (truncated or not a torch file): {err}") from err
+        raise CheckpointError(f"checkpoint {path!r} could not be read (truncated or not a torch file: {err}): "
+                              "use another checkpoint of the run (epoch_XXXX.ckpt) or rewrite it") from err
     if not isinstance(payload, dict) or "state_dicts" not in payload or "cfg" not in payload:
-        raise CheckpointError(f"{path!r} is not a workspace checkpoint (expected keys 'cfg' and 'state_dicts')")
+        raise CheckpointError(f"{path!r} is not a workspace checkpoint (expected keys 'cfg' and 'state_dicts'): "
+                              "pass a .ckpt written by scripts/train.py or scripts/train_rl.py")
     return payload
 
 
@@ -65,19 +69,26 @@ def check_state_dict_compatible(module: torch.nn.Module, state_dict: Mapping[str
     shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs policy {tuple(own[k].shape)}"
               for k in sorted(set(own) & set(state_dict)) if tuple(own[k].shape) != tuple(state_dict[k].shape)]
     if missing or unexpected or shapes:
-        lines = [f"checkpoint {path!r} ('{key}') does not fit the policy:"]
-        lines += [f"  shape mismatch {s}" for s in shapes]
-        lines += [f"  missing in checkpoint: {k}" for k in missing[:20]]
-        lines += [f"  unexpected in checkpoint: {k}" for k in unexpected[:20]]
-        raise CheckpointError("\n".join(lines))
+        found = [_first_few(f"{len(items)} {label}", items) for label, items in
+                 (("shape mismatch(es)", shapes), ("key(s) missing in checkpoint", missing),
+                  ("unexpected key(s) in checkpoint", unexpected)) if items]
+        raise CheckpointError(f"checkpoint {path!r} ('{key}') does not fit the policy its cfg.policy builds ("
+                              + "; ".join(found) + "): it was written by another version of the policy code; "
+                              "use a checkpoint written by this version or retrain")
+
+
+def _first_few(label: str, items: Sequence[str], limit: int = 3) -> str:
+    more = f", +{len(items) - limit} more" if len(items) > limit else ""
+    return f"{label}: {', '.join(items[:limit])}{more}"
 
 
 def check_policy_config(ckpt_cfg: Mapping[str, Any], expected: Mapping[str, Any], path: str) -> None:
     """Compare the checkpoint's policy config with ``expected`` (e.g. the task's dims)."""
-    diffs = [f"  policy.{k}: checkpoint {ckpt_cfg.get(k)!r} vs requested {v!r}"
+    diffs = [f"policy.{k}: checkpoint {ckpt_cfg.get(k)!r} vs requested {v!r}"
              for k, v in expected.items() if ckpt_cfg.get(k) != v]
     if diffs:
-        raise CheckpointError(f"checkpoint {path!r} was trained with a different policy config:\n" + "\n".join(diffs))
+        raise CheckpointError(f"checkpoint {path!r} was trained with a different policy config ({'; '.join(diffs)}): "
+                              "use a checkpoint trained for this task_name")
 
 
 def resolve_time_convention(cfg: DictConfig, time_convention: Optional[str], path: str) -> DictConfig:

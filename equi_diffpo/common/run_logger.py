@@ -12,6 +12,8 @@ from typing import Any, Dict, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from equi_diffpo.common.errors import ConfigError
+
 VALID_MODES = ("online", "offline", "disabled")
 
 
@@ -21,7 +23,7 @@ class RunLogger:
         """``enabled=False`` on non-zero ranks: nothing is written there."""
         mode = logging_cfg.get("mode", "offline")
         if mode not in VALID_MODES:
-            raise ValueError(f"logging.mode={mode!r} is not valid; use one of {', '.join(VALID_MODES)}")
+            raise ConfigError(f"logging.mode={mode!r} is not valid: use one of {', '.join(VALID_MODES)}")
         self.enabled = enabled
         self.path = os.path.join(output_dir, "metrics.jsonl")
         self._wandb = None
@@ -57,3 +59,14 @@ class RunLogger:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+def log_summary(cfg: DictConfig, metrics: Mapping[str, Any], step: int = 0, output_dir: Optional[str] = None) -> None:
+    """One-shot programs (evaluation, demo generation, conversion): their summary goes to wandb
+    with ``logging.mode=online|offline`` (files under ``output_dir``, default the hydra run dir);
+    ``disabled`` logs nothing, their own output files being the local record."""
+    from equi_diffpo.common.hydra_cli import hydra_output_dir
+
+    logger = RunLogger(output_dir or hydra_output_dir(), cfg.logging, cfg, enabled=cfg.logging.mode != "disabled")
+    logger.log(metrics, step=step)
+    logger.finish()

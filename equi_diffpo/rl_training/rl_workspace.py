@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from equi_diffpo.common.checkpoint_io import CheckpointError, load_policy
+from equi_diffpo.common.config_checks import RL_RULES, check_config, check_minibatch_fits
 from equi_diffpo.common.distributed import DistInfo, broadcast_module, cleanup_distributed, init_distributed
 from equi_diffpo.common.interrupt import InterruptGuard, raise_if_interrupted
 from equi_diffpo.common.run_logger import RunLogger
@@ -55,6 +56,7 @@ class RLWorkspace(BaseWorkspace):
     pickle_keys = ("global_step", "epoch", "env_steps", "start_success")
 
     def __init__(self, cfg: DictConfig, output_dir: Optional[str] = None):
+        check_config(cfg, RL_RULES)   # before anything is loaded or built
         super().__init__(cfg, output_dir)
         self.device = resolve_device(cfg.training.device)
         self.dist: DistInfo = init_distributed(self.device)
@@ -67,6 +69,7 @@ class RLWorkspace(BaseWorkspace):
         base, ckpt_cfg, _ = load_policy(cfg.pretrained_policy_path, self.device, expected_config={
             "point_dim": task.point_dim, "agent_pos_dim": task.agent_pos_dim, "action_dim": task.action_dim})
         check_checkpoint_task(ckpt_cfg, cfg, cfg.pretrained_policy_path)
+        check_minibatch_fits(cfg, base.n_action_steps)
         self.model = base
         self.rl_policy = build_rl_policy(base, cfg.rl_policy).to(self.device)
         with open_dict(cfg):  # record the real architecture (noise prior included) so checkpoints rebuild it
@@ -130,9 +133,9 @@ class RLWorkspace(BaseWorkspace):
     # ------------------------------------------------------------------ loop
     def run(self) -> Dict[str, Any]:
         cfg, rl = self.cfg, self.cfg.rl_training
-        if cfg.training.resume and self.latest_checkpoint():
-            self.load_checkpoint()
-            print(f"resumed from {self.latest_checkpoint()} at epoch {self.epoch} ({self.env_steps} env steps)")
+        resumed = self.resume()
+        if resumed:
+            print(f"resumed from {resumed} at epoch {self.epoch} ({self.env_steps} env steps)")
         main = self.dist.is_main
         logger = RunLogger(self.output_dir, cfg.logging, cfg, enabled=main)
         collector = self.make_collector()

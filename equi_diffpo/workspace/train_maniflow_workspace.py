@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from equi_diffpo.common.config_checks import BC_RULES, check_config
+from equi_diffpo.common.errors import ConfigError, input_errors_as_config_errors
 from equi_diffpo.common.interrupt import InterruptGuard, raise_if_interrupted
 from equi_diffpo.common.run_logger import RunLogger
 from equi_diffpo.dataset.pointcloud_dataset import PointCloudDataset
@@ -27,8 +29,8 @@ def check_dataset_matches(dataset: PointCloudDataset, cfg: DictConfig) -> None:
     for key, have in (("point_dim", meta.point_dim), ("agent_pos_dim", meta.agent_pos_dim), ("action_dim", meta.action_dim)):
         name, value = (f"policy.{key}", cfg.policy[key]) if key in cfg.policy else (f"task.{key}", cfg.task[key])
         if value != have:
-            raise ValueError(f"{name}={value} but dataset {cfg.dataset.zarr_path} has {have}: "
-                             f"set task.{key}={have} (or regenerate the dataset)")
+            raise ConfigError(f"{name}={value} but dataset {cfg.dataset.zarr_path} has {have}: "
+                              f"set task.{key}={have} (or regenerate the dataset)")
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -39,6 +41,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 class TrainManiFlowWorkspace(BaseWorkspace):
     def __init__(self, cfg: DictConfig, output_dir: str | None = None):
+        check_config(cfg, BC_RULES)
         super().__init__(cfg, output_dir)
         set_seed(cfg.training.seed)
         if cfg.training.torch_threads:
@@ -52,7 +55,8 @@ class TrainManiFlowWorkspace(BaseWorkspace):
 
     # ------------------------------------------------------------------ pieces
     def _build_data(self):
-        dataset = PointCloudDataset(**self.cfg.dataset)
+        with input_errors_as_config_errors("dataset.zarr_path", FileNotFoundError, ValueError):  # the dataset's own checks
+            dataset = PointCloudDataset(**self.cfg.dataset)
         check_dataset_matches(dataset, self.cfg)
         normalizer = dataset.get_normalizer(type(self.model.normalizer))
         self.model.set_normalizer(normalizer)
@@ -65,7 +69,7 @@ class TrainManiFlowWorkspace(BaseWorkspace):
         if self.cfg.training.lr_schedule == "constant":
             return lambda step: 1.0
         if self.cfg.training.lr_schedule != "cosine":
-            raise ValueError(f"training.lr_schedule={self.cfg.training.lr_schedule!r}; use cosine or constant")
+            raise ConfigError(f"training.lr_schedule={self.cfg.training.lr_schedule!r} is not valid: use cosine or constant")
         warmup = min(500, max(1, total_steps // 20))
         return lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
 
@@ -78,9 +82,9 @@ class TrainManiFlowWorkspace(BaseWorkspace):
     def run(self) -> Dict[str, Any]:
         cfg = self.cfg
         loader, val_loader = self._build_data()
-        if cfg.training.resume and self.latest_checkpoint():
-            self.load_checkpoint()
-            print(f"resumed from {self.latest_checkpoint()} at epoch {self.epoch}")
+        resumed = self.resume()
+        if resumed:
+            print(f"resumed from {resumed} at epoch {self.epoch}")
         self.model.to(self.device)
         self.ema_model.to(self.device)
         total_steps = cfg.training.max_train_steps or cfg.training.num_epochs * len(loader)
