@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce the shipped deliberately weak RL start data/checkpoints/lift_d0_weak.ckpt:
-# epoch 10 of a 30-epoch lift_d0 BC run on 100 scripted demos (~0.55 success), with a +2 cm offset added
-# to the z of every action it outputs (~0.1 success). PPO must find and cancel the offset from the
-# sparse task reward: tests/test_rl_learning.py. ~35 min on a 2-core CPU (the BC run dominates).
+# Build a deliberately weak RL start data/checkpoints/lift_d0_weak.ckpt (not shipped; the learning test starts
+# from the natural lift_d0_default.ckpt): epoch 10 of a 30-epoch lift_d0 BC run on 100 scripted demos (~0.55
+# success), with a +2 cm offset added to the z of every action it outputs (~0.1 success), a deficit PPO must
+# find and cancel from the reward. ~35 min on a 2-core CPU (the BC run dominates).
 # Usage: bash scripts/make_weak_checkpoint.sh [Z_OFFSET_METRES]
 set -euo pipefail
 cd "$(dirname "$0")/.."

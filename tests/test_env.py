@@ -190,3 +190,16 @@ def test_time_limit_truncates_on_the_last_step(mesh_env):
             assert not done and not info["truncated"], f"ended early at step {step}"
     assert done and info["truncated"] and not info["success"]
     assert reward == 0.0
+
+
+def test_episode_limit_comes_from_the_task_yaml_only():
+    """One source of truth: an env built without a limit uses config/task/<name>.yaml's max_episode_steps."""
+    from omegaconf import OmegaConf
+
+    from equi_diffpo.env.task_registry import TASK_CONFIG_DIR, TASKS, episode_limit
+
+    for name in TASKS:
+        assert episode_limit(name) == OmegaConf.load(TASK_CONFIG_DIR / f"{name}.yaml").max_episode_steps
+    assert episode_limit("lift_d0") == 200 and episode_limit("pick_place_d0") == 600
+    with pytest.raises(KeyError, match="valid names"):
+        episode_limit("lift_d9")

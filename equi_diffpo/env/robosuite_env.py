@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from equi_diffpo.env.point_cloud import CameraPointCloud, MeshPointCloud, PointCloudConfig, downsample_points  # noqa: E402
 from equi_diffpo.env.rotation import POLICY_ACTION_DIM, policy_action_to_env_action  # noqa: E402
-from equi_diffpo.env.task_registry import get_task, resolve_env_name  # noqa: E402
+from equi_diffpo.env.task_registry import episode_limit, get_task, resolve_env_name  # noqa: E402
 
 AGENT_POS_DIM = 9
 VIDEO_CAMERA = "agentview"
@@ -85,7 +85,7 @@ class RobosuitePointCloudEnv:
         self.spec = get_task(task_name)
         self.task_name = task_name
         self.pc_cfg = point_cloud if isinstance(point_cloud, PointCloudConfig) else PointCloudConfig(**(point_cloud or {}))
-        self.max_episode_steps = int(max_episode_steps or self.spec.max_episode_steps)
+        self.max_episode_steps = int(max_episode_steps or episode_limit(task_name))
         self.render_size = render_size
         self.reward_shaping = bool(reward_shaping)
         use_camera = self.pc_cfg.source == "camera"
@@ -170,9 +170,6 @@ class RobosuitePointCloudEnv:
         if not np.all(np.isfinite(action)):
             raise FloatingPointError(f"non-finite action {action}")
         return self.step_env_action(policy_action_to_env_action(action))
-
-    def is_success(self) -> bool:
-        return bool(self.env._check_success())
 
     # ------------------------------------------------------------------ robomimic-format state
     def get_state(self) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``task_name`` -> robosuite environment, kwargs and episode limit.
+"""``task_name`` -> robosuite environment and kwargs; the episode limit lives in the task yaml only.
 
 Names follow MimicGen's D0 list. When the real ``mimicgen`` package is importable its registered
 environments (e.g. ``Stack_D0``) are used for the names it provides; otherwise the plain
@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
+import pathlib
 from typing import Any, Dict, Optional
+
+from omegaconf import OmegaConf
+
+TASK_CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "config" / "task"
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
     env_name: str                    # robosuite environment class
-    max_episode_steps: int           # limits used by the seed fork for RL
     mimicgen_env_name: Optional[str] = None
     env_kwargs: Dict[str, Any] = field(default_factory=dict)
 
@@ -24,10 +28,10 @@ class TaskSpec:
 TASKS: Dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("lift_d0", "Lift", 400),
-        TaskSpec("stack_d0", "Stack", 400, mimicgen_env_name="Stack_D0"),
-        TaskSpec("square_d0", "NutAssemblySquare", 400, mimicgen_env_name="Square_D0"),
-        TaskSpec("pick_place_d0", "PickPlaceCan", 1000, mimicgen_env_name="PickPlace_D0"),
+        TaskSpec("lift_d0", "Lift"),
+        TaskSpec("stack_d0", "Stack", mimicgen_env_name="Stack_D0"),
+        TaskSpec("square_d0", "NutAssemblySquare", mimicgen_env_name="Square_D0"),
+        TaskSpec("pick_place_d0", "PickPlaceCan", mimicgen_env_name="PickPlace_D0"),
     )
 }
 
@@ -42,6 +46,13 @@ def get_task(task_name: str) -> TaskSpec:
     if task_name not in TASKS:
         raise KeyError(f"unknown task_name={task_name!r}; valid names: {', '.join(sorted(TASKS))}")
     return TASKS[task_name]
+
+
+def episode_limit(task_name: str) -> int:
+    """``max_episode_steps`` of ``config/task/<task_name>.yaml``: the one place a task's episode limit is set
+    (envs built without an explicit limit, e.g. by the converter or the benchmarks, use it too)."""
+    get_task(task_name)
+    return int(OmegaConf.load(TASK_CONFIG_DIR / f"{task_name}.yaml").max_episode_steps)
 
 
 def resolve_env_name(spec: TaskSpec) -> str:

@@ -55,7 +55,6 @@ def set_seed(seed: int) -> None:
 
 class BaseWorkspace:
     pickle_keys: Sequence[str] = ("global_step", "epoch")
-    exclude_keys: Sequence[str] = ()
 
     def __init__(self, cfg: DictConfig, output_dir: Optional[str] = None):
         self.cfg = cfg
@@ -73,7 +72,7 @@ class BaseWorkspace:
     # ------------------------------------------------------------------ checkpoints
     def _stateful_attributes(self) -> Dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()
-                if hasattr(v, "state_dict") and hasattr(v, "load_state_dict") and k not in self.exclude_keys}
+                if hasattr(v, "state_dict") and hasattr(v, "load_state_dict")}
 
     def checkpoint_payload(self) -> Dict[str, Any]:
         return {
