@@ -48,11 +48,11 @@ def main(cfg: DictConfig) -> None:
         runner.close()
     metrics.update({"checkpoint": os.path.abspath(cfg.checkpoint), "task_name": task.name,
                     "num_inference_steps": policy.num_inference_steps, "noise_scale": cfg.noise_scale, "seconds": time.time() - start})
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "eval.json"), "w") as f:   # first: the local record survives a wandb failure
+        json.dump(metrics, f, indent=2)
     counters = payload.get("pickles", {})
     log_summary(cfg, metrics, step=counters.get("env_steps", counters.get("global_step", 0)), output_dir=out)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "eval.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
     print(f"{task.name}: success {metrics['eval/success_rate']:.2f} over {cfg.n_episodes} episodes | "
           f"return {metrics['eval/mean_return']:.2f} | length {metrics['eval/mean_length']:.1f} | "
           f"{policy.num_inference_steps} inference steps | {metrics['seconds']:.0f} s -> {out}/eval.json")

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import pytest
 
-from conftest import MAX_EPISODE_STEPS, PYTHON, REPO_ROOT, TINY_RL, bc_overrides
+from conftest import MAX_EPISODE_STEPS, PYTHON, REPO_ROOT, TINY_RL, bc_overrides, compose_cfg
 from equi_diffpo.common.checkpoint_io import load_payload
 
 VALID_TASKS = ("lift_d0", "pick_place_d0", "square_d0", "stack_d0")
@@ -115,15 +115,28 @@ def test_rl_rollout_missing_checkpoint_exits_1(tmp_path):
 
 def test_eval_policy_writes_eval_json(tiny_checkpoint, tmp_path):
     out = tmp_path / "eval"
+    # The keys of the training commands work here too (issue #15: logging.mode was "Could not override").
     proc = run_cmd(["scripts/eval_policy.py", f"checkpoint={tiny_checkpoint}", "n_episodes=2", "n_envs=1",
-                    "n_videos=0", "vec_mode=inline", f"output_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}"],
-                   tmp_path)
+                    "n_videos=0", "vec_mode=inline", f"output_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}",
+                    "logging.mode=disabled", "training.device=cpu", "training.seed=100000"], tmp_path)
     assert proc.returncode == 0, explain(proc)
     result = json.loads((out / "eval.json").read_text())
     assert result["eval/n_episodes"] == 2 and len(result["episodes"]) == 2
     assert 0.0 <= result["eval/success_rate"] <= 1.0
     assert result["task_name"] == "lift_d0" and result["checkpoint"] == tiny_checkpoint
     assert "lift_d0: success" in proc.stdout
+
+
+@pytest.mark.parametrize("config_name, device", [
+    ("train_maniflow_pointcloud", True), ("train_maniflow_pointcloud_rl", True), ("eval_policy", True),
+    ("generate_demos", False), ("convert_to_pointcloud", False)])
+def test_common_keys_compose_for_every_entry_point(config_name, device):
+    """logging.mode and training.seed everywhere, training.device where a policy runs; the tools'
+    short seed=/device= spellings follow them."""
+    overrides = ["logging.mode=offline", "training.seed=7"] + (["training.device=cuda:1"] if device else [])
+    cfg = compose_cfg(config_name, overrides + (["checkpoint=x.ckpt"] if config_name == "eval_policy" else []))
+    assert cfg.logging.mode == "offline" and cfg.training.seed == 7
+    assert cfg.get("seed", 7) == 7 and (not device or cfg.training.device == cfg.get("device", "cuda:1") == "cuda:1")
 
 
 def test_export_checkpoint_script(tiny_checkpoint, tmp_path):
