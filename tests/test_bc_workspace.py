@@ -83,6 +83,24 @@ def test_resume_continues_from_saved_epoch(tiny_bc_run, tmp_path):
     assert new_ckpt["state_dicts"]["optimizer"]["state"][0]["step"].item() == BC_STEPS + steps_per_epoch
 
 
+def test_bf16_precision_gives_the_fp32_loss(tiny_bc_run, tiny_dataset):
+    """bf16 autocast changes the arithmetic (the loss differs in the low bits), not the objective (~1%)."""
+    policy, cfg, _ = load_policy(tiny_bc_run.checkpoint)
+    batch = default_collate([PointCloudDataset(**cfg.dataset)[i] for i in range(32)])
+    workspace = TrainManiFlowWorkspace(compose_cfg("train_maniflow_pointcloud", bc_overrides(
+        tiny_dataset, precision="bf16")), output_dir="unused")
+    fp32 = paired_loss(policy, batch)
+    with workspace._autocast():
+        bf16 = paired_loss(policy, batch)
+    assert 0 < abs(bf16 - fp32) < 0.02 * fp32, (fp32, bf16)
+
+
+def test_invalid_precision_names_the_key(tiny_dataset):
+    cfg = compose_cfg("train_maniflow_pointcloud", bc_overrides(tiny_dataset) + ["training.precision=fp16"])
+    with pytest.raises(ValueError, match=r"training\.precision='fp16' is not valid"):
+        TrainManiFlowWorkspace(cfg, output_dir="unused")
+
+
 def test_point_dim_mismatch_names_the_key(tiny_dataset, tmp_path):
     cfg = compose_cfg("train_maniflow_pointcloud", bc_overrides(tiny_dataset) + ["task.point_dim=6"])
     workspace = TrainManiFlowWorkspace(cfg, output_dir=str(tmp_path))

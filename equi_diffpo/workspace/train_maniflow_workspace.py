@@ -35,9 +35,14 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch.to(device, non_blocking=True)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 class TrainManiFlowWorkspace(BaseWorkspace):
     def __init__(self, cfg: DictConfig, output_dir: str | None = None):
         super().__init__(cfg, output_dir)
+        if cfg.training.precision not in PRECISIONS:
+            raise ValueError(f"training.precision={cfg.training.precision!r} is not valid; use one of {', '.join(PRECISIONS)}")
         set_seed(cfg.training.seed)
         if cfg.training.torch_threads:
             torch.set_num_threads(int(cfg.training.torch_threads))
@@ -49,7 +54,8 @@ class TrainManiFlowWorkspace(BaseWorkspace):
                                            weight_decay=cfg.optimizer.weight_decay, betas=tuple(cfg.optimizer.betas))
 
     # ------------------------------------------------------------------ pieces
-    def _build_data(self):
+    def build_data(self) -> tuple[DataLoader, DataLoader]:
+        """(train loader, validation loader) over ``cfg.dataset``; fits the normalizer into both models."""
         dataset = PointCloudDataset(**self.cfg.dataset)
         check_dataset_matches(dataset, self.cfg)
         normalizer = dataset.get_normalizer()
@@ -67,15 +73,22 @@ class TrainManiFlowWorkspace(BaseWorkspace):
         warmup = min(500, max(1, total_steps // 20))
         return lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
 
+    def _autocast(self) -> torch.autocast:
+        """The BC loss under bf16 autocast with ``training.precision=bf16`` (weights, gradients, AdamW and
+        EMA stay fp32): matmuls and convs run in bf16, norms and losses in fp32. On a CPU with AMX /
+        AVX512-BF16 (this one) a step costs ~0.7x the CPU time of fp32 (docs/BENCHMARKS.md)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.training.precision == "bf16")
+
     @torch.no_grad()
     def _val_loss(self, val_loader: DataLoader) -> float:
-        losses = [self.ema_model.compute_loss(to_device(b, self.device), self.ema_model)[0].item() for b in val_loader]
+        with self._autocast():
+            losses = [self.ema_model.compute_loss(to_device(b, self.device), self.ema_model)[0].item() for b in val_loader]
         return float(sum(losses) / max(1, len(losses)))
 
     # ------------------------------------------------------------------ loop
     def run(self) -> Dict[str, Any]:
         cfg = self.cfg
-        loader, val_loader = self._build_data()
+        loader, val_loader = self.build_data()
         if cfg.training.resume and self.latest_checkpoint():
             self.load_checkpoint()
             print(f"resumed from {self.latest_checkpoint()} at epoch {self.epoch}")
@@ -121,18 +134,24 @@ class TrainManiFlowWorkspace(BaseWorkspace):
         with tqdm(loader, desc=f"epoch {self.epoch}", leave=False) as bar:
             for batch in bar:
                 raise_if_interrupted()
-                loss, _info = self.model.compute_loss(to_device(batch, self.device), self.ema_model)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite BC loss at epoch {self.epoch}, step {self.global_step}; "
-                                             f"the last good checkpoint is {self.latest_checkpoint()}")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                scheduler.step()
-                self.ema.step(self.model)
-                self.global_step += 1
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                losses.append(self.train_step(batch, scheduler))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if self.global_step >= total_steps:
                     break
         return {"train/loss": float(sum(losses) / max(1, len(losses))), "train/lr": scheduler.get_last_lr()[0]}
+
+    def train_step(self, batch: Dict[str, Any], scheduler) -> float:
+        """One optimizer step on a collated ``batch`` (see PointCloudDataset): loss under ``_autocast``,
+        backward, AdamW, LR schedule, EMA. Returns the loss (also what ``scripts/bench_bc_step.py`` times)."""
+        with self._autocast():
+            loss, _info = self.model.compute_loss(to_device(batch, self.device), self.ema_model)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite BC loss at epoch {self.epoch}, step {self.global_step}; "
+                                     f"the last good checkpoint is {self.latest_checkpoint()}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        scheduler.step()
+        self.ema.step(self.model)
+        self.global_step += 1
+        return loss.item()
