@@ -1,4 +1,11 @@
-"""BC pretraining workspace: dataset -> ManiFlow policy (+EMA) -> checkpoints, val loss, rollouts."""
+"""BC pretraining workspace: dataset -> ManiFlow policy (+EMA) -> checkpoints, val loss, rollouts.
+
+Checkpoint selection: every ``training.rollout_every`` epochs (and after the last) the EMA policy is
+rolled out on ``eval.n_episodes`` episodes from seed ``eval.seed``; the best success rate so far is
+kept as ``best.ckpt`` (ties go to the later epoch). ``eval.seed`` defaults to 200000, disjoint from
+``eval_policy.py``'s 100000+, so the success reported for ``best.ckpt`` is not measured on the very
+episodes it was picked on.
+"""
 from __future__ import annotations
 
 import copy
@@ -39,6 +46,8 @@ PRECISIONS = ("fp32", "bf16")
 
 
 class TrainManiFlowWorkspace(BaseWorkspace):
+    pickle_keys = ("global_step", "epoch", "best_success_rate")
+
     def __init__(self, cfg: DictConfig, output_dir: str | None = None):
         super().__init__(cfg, output_dir)
         if cfg.training.precision not in PRECISIONS:
@@ -47,6 +56,7 @@ class TrainManiFlowWorkspace(BaseWorkspace):
         if cfg.training.torch_threads:
             torch.set_num_threads(int(cfg.training.torch_threads))
         self.device = resolve_device(cfg.training.device)
+        self.best_success_rate = -1.0       # none evaluated yet
         self.model = hydra.utils.instantiate(cfg.policy)
         self.ema_model = copy.deepcopy(self.model)
         self.ema = EMAModel(self.ema_model, power=cfg.ema.power, max_value=cfg.ema.max_value)
@@ -101,7 +111,7 @@ class TrainManiFlowWorkspace(BaseWorkspace):
         runner = PointCloudEnvRunner(cfg.task, self.output_dir, n_episodes=cfg.eval.n_episodes, n_envs=cfg.eval.n_envs,
                                      n_videos=cfg.eval.n_videos, render_size=cfg.eval.render_size,
                                      max_episode_steps=cfg.eval.max_episode_steps, n_obs_steps=cfg.n_obs_steps,
-                                     vec_mode=cfg.eval.vec_mode)
+                                     seed=cfg.eval.seed, vec_mode=cfg.eval.vec_mode)
         metrics: Dict[str, Any] = {}
         start = time.time()
         with InterruptGuard():
@@ -112,14 +122,20 @@ class TrainManiFlowWorkspace(BaseWorkspace):
                     last = self.epoch + 1 == cfg.training.num_epochs or self.global_step >= total_steps
                     if cfg.training.val_every and (self.epoch % cfg.training.val_every == 0 or last) and len(val_loader):
                         metrics["train/val_loss"] = self._val_loss(val_loader)
+                    improved = False
                     if cfg.training.rollout_every and ((self.epoch + 1) % cfg.training.rollout_every == 0 or last):
                         metrics.update(runner.run(self.ema_model, tag=f"epoch{self.epoch:04d}"))
+                        improved = metrics["eval/success_rate"] >= self.best_success_rate
+                        self.best_success_rate = max(self.best_success_rate, metrics["eval/success_rate"])
+                        metrics["eval/best_success_rate"] = self.best_success_rate
                     metrics["perf/train_minutes"] = (time.time() - start) / 60
                     self.epoch += 1
                     logger.log(metrics, step=self.global_step)
                     if cfg.training.checkpoint_every and (self.epoch % cfg.training.checkpoint_every == 0 or last):
                         self.save_checkpoint()
                         self.save_checkpoint(f"epoch_{self.epoch:04d}")
+                    if improved:
+                        self.save_checkpoint("best")
             except KeyboardInterrupt:
                 print(f"\ninterrupted: saving {self.save_checkpoint()} (resume with the same command and hydra.run.dir)")
                 raise
