@@ -53,7 +53,7 @@ def test_latest_and_epoch_checkpoints_exist(tiny_bc_run):
     expected = {"latest.ckpt"} | {f"epoch_{e:04d}.ckpt" for e in epochs}
     assert set(os.listdir(ckpt_dir)) == expected
     latest = load_payload(tiny_bc_run.checkpoint)
-    assert latest["pickles"] == {"global_step": BC_STEPS, "epoch": tiny_bc_run.epoch}
+    assert latest["pickles"] == {"global_step": BC_STEPS, "epoch": tiny_bc_run.epoch, "best_success_rate": -1.0}
     assert {"model", "ema_model", "optimizer", "ema"} <= set(latest["state_dicts"])
     assert latest["cfg"].policy.action_dim == 10
 
@@ -81,6 +81,53 @@ def test_resume_continues_from_saved_epoch(tiny_bc_run, tmp_path):
     assert new_ckpt["pickles"]["epoch"] == saved_epoch + 1
     # The optimizer state came along too (AdamW's step count continues).
     assert new_ckpt["state_dicts"]["optimizer"]["state"][0]["step"].item() == BC_STEPS + steps_per_epoch
+
+
+class ScriptedRunner:
+    """Stands in for PointCloudEnvRunner: success rates from a script, one per ``run``."""
+    rates: list = []
+    seeds: list = []
+
+    def __init__(self, *args, seed, **kwargs):
+        ScriptedRunner.seeds.append(seed)
+
+    def run(self, policy, tag="eval"):
+        return {"eval/success_rate": ScriptedRunner.rates.pop(0)}
+
+    def close(self):
+        pass
+
+
+def test_best_checkpoint_keeps_the_best_rollout_success(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr("equi_diffpo.workspace.train_maniflow_workspace.PointCloudEnvRunner", ScriptedRunner)
+    ScriptedRunner.rates, ScriptedRunner.seeds = [0.2, 0.6, 0.4], []
+    cfg = compose_cfg("train_maniflow_pointcloud", bc_overrides(tiny_dataset, max_train_steps=None, num_epochs=3,
+                                                                 rollout_every=1, checkpoint_every=0))
+    TrainManiFlowWorkspace(cfg, output_dir=str(tmp_path)).run()
+
+    assert ScriptedRunner.seeds == [200000]      # selection episodes are not eval_policy.py's 100000+
+    rows = read_metrics(tmp_path)
+    assert [r["eval/best_success_rate"] for r in rows] == [0.2, 0.6, 0.6]
+    best = load_payload(os.path.join(tmp_path, "checkpoints", "best.ckpt"))
+    assert best["pickles"]["epoch"] == 2 and best["pickles"]["best_success_rate"] == 0.6
+
+
+def test_bf16_precision_gives_the_fp32_loss(tiny_bc_run, tiny_dataset):
+    """bf16 autocast changes the arithmetic (the loss differs in the low bits), not the objective (~1%)."""
+    policy, cfg, _ = load_policy(tiny_bc_run.checkpoint)
+    batch = default_collate([PointCloudDataset(**cfg.dataset)[i] for i in range(32)])
+    workspace = TrainManiFlowWorkspace(compose_cfg("train_maniflow_pointcloud", bc_overrides(
+        tiny_dataset, precision="bf16")), output_dir="unused")
+    fp32 = paired_loss(policy, batch)
+    with workspace._autocast():
+        bf16 = paired_loss(policy, batch)
+    assert 0 < abs(bf16 - fp32) < 0.02 * fp32, (fp32, bf16)
+
+
+def test_invalid_precision_names_the_key(tiny_dataset):
+    cfg = compose_cfg("train_maniflow_pointcloud", bc_overrides(tiny_dataset) + ["training.precision=fp16"])
+    with pytest.raises(ValueError, match=r"training\.precision='fp16' is not valid"):
+        TrainManiFlowWorkspace(cfg, output_dir="unused")
 
 
 def test_point_dim_mismatch_names_the_key(tiny_dataset, tmp_path):

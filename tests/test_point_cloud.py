@@ -222,3 +222,31 @@ def test_mesh_points_lie_on_the_geom_surfaces_and_follow_the_body():
     red = moved[:, 3] == 1.0
     assert np.all(on_box(moved[red, :3], np.array([0.3, -0.1, 1.2]), rot_z90, half))
     np.testing.assert_allclose(np.ptp(moved[red, :3], axis=0), [0.06, 0.10, 0.04], atol=2e-3)
+
+
+TEXTURED_XML = """
+<mujoco>
+  <asset>
+    <texture name="red_wood" type="2d" builtin="flat" rgb1="0.8 0.2 0.2" width="8" height="8"/>
+    <material name="red_wood_mat" texture="red_wood" rgba="1 1 1 1"/>
+    <material name="half_grey" rgba="0.5 0.5 0.5 1"/>
+  </asset>
+  <worldbody>
+    <body name="cube" pos="0 0 1.0"><geom type="box" size="0.02 0.02 0.02" group="1" material="red_wood_mat"/></body>
+    <body name="plain" pos="0.2 0 1.0"><geom type="box" size="0.02 0.02 0.02" group="1" material="half_grey"/></body>
+  </worldbody>
+</mujoco>
+"""
+
+
+def test_textured_objects_get_their_texture_colour():
+    """robosuite's cubes are textured with a white material: their points must carry the texture's colour
+    (Stack's cubeA is red wood, cubeB green wood; white for both left only their size to tell them apart)."""
+    model = mujoco.MjModel.from_xml_string(TEXTURED_XML)
+    data = mujoco.MjData(model)
+    mujoco.mj_forward(model, data)
+    points = MeshPointCloud(model, PointCloudConfig(presample_points=400, object_fraction=1.0, use_rgb=True,
+                                                    bounds=((-1, -1, 0.805), (1, 1, 2))), seed=0)(data)
+    on_cube = points[:, 0] < 0.1
+    np.testing.assert_allclose(points[on_cube, 3:], np.tile([0.8, 0.2, 0.2], (on_cube.sum(), 1)), atol=1 / 255)
+    np.testing.assert_allclose(points[~on_cube, 3:], 0.5)

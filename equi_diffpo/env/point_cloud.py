@@ -153,8 +153,21 @@ def _geom_area_samples(model: mujoco.MjModel, geom: int, n: int, rng: np.random.
 
 
 def _geom_rgb(model: mujoco.MjModel, geom: int) -> np.ndarray:
+    """(3,) colour in [0, 1]: the material's rgb times the mean colour of its RGB texture, else the geom's rgba.
+
+    Why the texture: robosuite's task objects are textured with a white material (Stack's cubeA
+    'redwood', cubeB 'greenwood'); the material alone made both cubes white, so colour could not tell
+    them apart (a camera sees the texture)."""
     mat = model.geom_matid[geom]
-    return (model.mat_rgba[mat] if mat >= 0 else model.geom_rgba[geom])[:3]
+    if mat < 0:
+        return model.geom_rgba[geom][:3].copy()
+    rgb = model.mat_rgba[mat][:3].copy()
+    tex = model.mat_texid[mat][mujoco.mjtTextureRole.mjTEXROLE_RGB]
+    if tex >= 0:
+        n, channels = model.tex_width[tex] * model.tex_height[tex], model.tex_nchannel[tex]
+        texels = model.tex_data[model.tex_adr[tex]: model.tex_adr[tex] + n * channels].reshape(n, channels)
+        rgb *= texels[:, :3].mean(axis=0) / 255.0
+    return rgb
 
 
 class MeshPointCloud:
@@ -190,7 +203,10 @@ class MeshPointCloud:
                 geom_ids.append(np.full(int(c), g))
         self.local_points = np.concatenate(local).astype(np.float32)         # (P, 3)
         self.geom_ids = np.concatenate(geom_ids)                               # (P,)
-        self.rgb = np.stack([_geom_rgb(model, g) for g in self.geom_ids]).astype(np.float32) if cfg.use_rgb else None
+        self.rgb = None
+        if cfg.use_rgb:
+            geoms, inverse = np.unique(self.geom_ids, return_inverse=True)
+            self.rgb = np.stack([_geom_rgb(model, g) for g in geoms]).astype(np.float32)[inverse]   # (P, 3)
         self.object_geoms = np.array(objects, dtype=np.int64)
 
     def __call__(self, data: mujoco.MjData) -> np.ndarray:
