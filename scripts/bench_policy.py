@@ -40,10 +40,10 @@ def compose_rl_cfg(checkpoint: str, device: str):
         "rl_training.ppo_trainer.target_kl=null", "rl_training.ppo_trainer.ppo_epochs=1"])
 
 
-def synthetic_obs(cfg, batch: int) -> Dict[str, torch.Tensor]:
+def synthetic_obs(cfg, n_obs: int, batch: int) -> Dict[str, torch.Tensor]:
     """Raw obs ``{'point_cloud': (B, To, N, point_dim), 'agent_pos': (B, To, agent_pos_dim)}`` in the
     task's crop box: timing depends on shapes only, but values stay in the normalizer's range."""
-    task, n_obs = cfg.task, cfg.policy.n_obs_steps
+    task = cfg.task
     lo, hi = (torch.tensor(list(b), dtype=torch.float32) for b in task.point_cloud.bounds)
     xyz = lo + (hi - lo) * torch.rand(batch, n_obs, task.point_cloud.n_points, 3)
     cloud = torch.cat([xyz, torch.rand(batch, n_obs, task.point_cloud.n_points, task.point_dim - 3)], dim=-1)
@@ -69,12 +69,12 @@ def bench_device(device_name: str, checkpoint: str, batch_sizes: List[int], n_it
 
     cfg = compose_rl_cfg(checkpoint, device_name)
     ws = RLWorkspace(cfg, output_dir=os.path.join("data", "outputs", "bench_policy"))
-    device, policy, critic = ws.device, ws.rl_policy, ws.critic
+    device, policy, critic, n_obs = ws.device, ws.rl_policy, ws.critic, ws.model.n_obs_steps
     rows: Dict[str, float] = {}
     policy.eval()
     critic.eval()
     for b in batch_sizes:
-        obs = {k: v.to(device) for k, v in synthetic_obs(cfg, b).items()}
+        obs = {k: v.to(device) for k, v in synthetic_obs(cfg, n_obs, b).items()}
 
         def act() -> None:
             with torch.no_grad():
@@ -83,7 +83,7 @@ def bench_device(device_name: str, checkpoint: str, batch_sizes: List[int], n_it
         rows[f"rollout act B={b}"] = time_ms(act, device, n_iters)
 
     mb = cfg.rl_training.ppo_trainer.mini_batch_size
-    obs = {k: v.to(device) for k, v in synthetic_obs(cfg, mb * N_PPO_MINIBATCHES).items()}
+    obs = {k: v.to(device) for k, v in synthetic_obs(cfg, n_obs, mb * N_PPO_MINIBATCHES).items()}
     with torch.no_grad():
         sample = policy.sample_actions(obs)
         values = critic(obs)
@@ -97,9 +97,9 @@ def bench_device(device_name: str, checkpoint: str, batch_sizes: List[int], n_it
 
     bc_policy, _, _ = load_policy(checkpoint, device)
     optimizer = torch.optim.AdamW(bc_policy.parameters(), lr=1e-4)
-    bs = cfg.dataloader.batch_size
-    bc_batch = {"obs": {k: v.to(device) for k, v in synthetic_obs(cfg, bs).items()},
-                "action": torch.randn(bs, cfg.policy.horizon, cfg.task.action_dim, device=device)}
+    bs = compose_config("train_maniflow_pointcloud").dataloader.batch_size   # the BC config's batch
+    bc_batch = {"obs": {k: v.to(device) for k, v in synthetic_obs(cfg, n_obs, bs).items()},
+                "action": torch.randn(bs, bc_policy.horizon, cfg.task.action_dim, device=device)}
 
     def bc_step() -> None:
         loss, _ = bc_policy.compute_loss(bc_batch)

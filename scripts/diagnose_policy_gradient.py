@@ -57,6 +57,8 @@ def collect(cfg, n_batches: int) -> Dict[str, np.ndarray]:
     data = {k: np.concatenate(v) for k, v in parts.items()}
     starts = np.concatenate([[0], np.flatnonzero(data["episode_end"][:-1]) + 1])
     data["chunk_index"] = np.arange(len(data["rewards"])) - np.repeat(starts, np.diff(np.append(starts, len(data["rewards"]))))
+    start = workspace.model.n_obs_steps - 1
+    data["exec_slice"] = np.array([start, start + workspace.model.n_action_steps])
     return data
 
 
@@ -101,8 +103,7 @@ def main(argv: List[str]) -> None:
     cfg = compose_config("train_maniflow_pointcloud_rl",
                          ["logging.mode=disabled", "rl_training.rollout_collector.render_episodes=0", *overrides])
     data = collect(cfg, n_batches)
-    start = cfg.policy.n_obs_steps - 1
-    exec_slice = slice(start, start + cfg.policy.n_action_steps)
+    exec_slice = slice(*(int(i) for i in data["exec_slice"]))
     action_dim = data["x0"].shape[-1]
     print(f"\n{len(data['rewards'])} chunks, {int(data['episode_end'].sum())} episodes, "
           f"{int(data['success'].sum())} successes; t over {n_batches} batches (|t| ~ 1 is noise)")

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from equi_diffpo.common.checkpoint_io import CheckpointError, load_policy
@@ -71,13 +71,12 @@ class RLWorkspace(BaseWorkspace):
         check_checkpoint_task(ckpt_cfg, cfg, cfg.pretrained_policy_path)
         check_minibatch_fits(cfg, base.n_action_steps)
         self.model = base
+        self.pretrained_policy_cfg = OmegaConf.to_container(ckpt_cfg.policy, resolve=True)
         self.rl_policy = build_rl_policy(base, cfg.rl_policy).to(self.device)
-        with open_dict(cfg):  # record the real architecture (noise prior included) so checkpoints rebuild it
-            cfg.policy = {**OmegaConf.to_container(ckpt_cfg.policy, resolve=True), **base.get_policy_config()}
         # Policy-gradient noise on the point-cloud features can wreck a pretrained encoder:
         # by default PPO tunes the velocity net and noise head only.
         base.obs_encoder.requires_grad_(bool(cfg.rl_training.finetune_obs_encoder))
-        self.critic = build_critic(cfg.critic, self.rl_policy, base, task, cfg.policy.n_obs_steps).to(self.device)
+        self.critic = build_critic(cfg.critic, self.rl_policy, base, task, base.n_obs_steps).to(self.device)
         broadcast_module(self.rl_policy)
         broadcast_module(self.critic)
         ppo_cfg = PPOConfig.from_dict(OmegaConf.to_container(cfg.rl_training.ppo_trainer, resolve=True))
@@ -93,7 +92,7 @@ class RLWorkspace(BaseWorkspace):
         return RLRolloutCollector(self.cfg.task, self.output_dir, n_episodes_per_batch=rc.n_episodes_per_batch,
                                   n_envs=rc.n_envs, max_episode_steps=rc.max_episode_steps,
                                   render_episodes=rc.render_episodes if self.dist.is_main else 0,
-                                  render_size=rc.render_size, n_obs_steps=self.cfg.policy.n_obs_steps,
+                                  render_size=rc.render_size, n_obs_steps=self.model.n_obs_steps,
                                   seed=self.cfg.training.seed * 7919 + self.epoch * 104729 + self.dist.rank, vec_mode=rc.vec_mode,
                                   overlap=rc.overlap)
 
@@ -101,7 +100,16 @@ class RLWorkspace(BaseWorkspace):
         rc = self.cfg.rl_training.rollout_collector
         return PointCloudEnvRunner(self.cfg.task, self.output_dir, n_episodes=self.cfg.rl_training.n_val_episodes,
                                    n_envs=rc.n_envs, n_videos=0, max_episode_steps=rc.max_episode_steps,
-                                   n_obs_steps=self.cfg.policy.n_obs_steps, vec_mode=rc.vec_mode, overlap=rc.overlap)
+                                   n_obs_steps=self.model.n_obs_steps, vec_mode=rc.vec_mode, overlap=rc.overlap)
+
+    def checkpoint_payload(self) -> Dict[str, Any]:
+        """The base payload, its cfg with ``policy`` = the architecture being trained: the pretrained checkpoint's
+        policy config plus what RL added to it (noise prior, residual head, flow sampling), so
+        ``load_policy`` rebuilds it. The run's own cfg (composed from the RL yaml) has no ``policy`` key."""
+        payload = super().checkpoint_payload()
+        cfg = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=True))
+        cfg.policy = {**self.pretrained_policy_cfg, **self.model.get_policy_config()}
+        return {**payload, "cfg": cfg}
 
     def train_epoch(self, collector: RLRolloutCollector) -> Dict[str, Any]:
         """One RL epoch: collect a batch of whole episodes, then one PPO update."""
