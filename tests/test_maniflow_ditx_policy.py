@@ -1,7 +1,7 @@
 """ManiFlowTransformerPointcloudPolicy (the original ManiFlow DiT-X policy): layout, conventions, training.
 
 Tiny configs of the same class (the MimicGen size, 181.8M parameters, is only built on the meta
-device to check the checkpoint layout of DESIGN.md section 8).
+device to check the checkpoint layout of the original MimicGen config).
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def random_obs(batch: int = 2, n_points: int = 32, n_frames: int = 2) -> dict:
 
 
 def test_mimicgen_size_has_the_original_checkpoint_layout():
-    """DESIGN.md section 8: 284 keys (normalizer aside), 181.8M parameters, encoder 0.25M."""
+    """The original MimicGen config: 284 keys (normalizer aside), 181.8M parameters, encoder 0.25M."""
     with torch.device("meta"):
         policy = ManiFlowTransformerPointcloudPolicy(**policy_cfg(n_points=1024, n_layer=12, n_head=8, n_emb=768,
                                                                   embed=128, enc=128))

@@ -3,7 +3,7 @@
 Why: one stock ``env.step`` (Panda, control_freq 20) runs 25 physics substeps, and for each one
 robosuite walks ~10 layers of Python (``Robot.control`` -> composite controller -> OSC ->
 ``Controller.update`` -> site-Jacobian wrappers -> observables): ~87% of the step is that Python,
-the physics itself is ~13% (DESIGN.md section 7). :class:`FastOSCStep` replaces only that per-substep
+the physics itself is ~13% (cProfile of a stock Lift step, docs/BENCHMARKS.md). :class:`FastOSCStep` replaces only that per-substep
 loop: one numba function runs the substeps (``mj_step1`` -> site Jacobians -> mass matrix -> OSC
 torques -> ``mj_step2``) calling MuJoCo's C API directly. Robosuite stays the source of the task,
 model, goal setting, gripper state, observations and reward.

@@ -1,7 +1,7 @@
 """``n_envs`` chunked envs stepped in parallel worker processes.
 
 Why processes: robosuite's step holds the GIL, so threads give 0.6-1.4x on 2 cores while
-processes give ~2x (DESIGN.md §7). Each worker runs whole action chunks, so one pipe round trip
+processes give ~2x (measured on 2 cores, docs/BENCHMARKS.md). Each worker runs whole action chunks, so one pipe round trip
 carries ``n_action_steps`` env steps. A worker that dies (segfault, OOM kill) is restarted and
 its env is reported as crashed (``None``) so the caller drops that episode and resets it;
 ``mode='inline'`` steps in this process (debugging, n_envs=1, tests).
