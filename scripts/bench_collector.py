@@ -4,8 +4,8 @@ Usage: ``python scripts/bench_collector.py [n_envs=[1,2]] [n_episodes=8] [output
 
 In one run, with the default RL config (lift_d0, shipped checkpoint, latent-noise policy, privileged critic):
 
-* ``single env``: one inline env stepped by the collector (policy and env in this process, one after the other);
-* ``collector n_envs=N``, ``overlap`` off (all workers step, then the policy runs for all) and on (the policy
+* ``inline env``: one env stepped in this process by the collector (policy and env one after the other);
+* ``collector n_envs=N`` (worker processes; N=1 is the single-env rate the ratios use), ``overlap`` off (all workers step, then the policy runs for all) and on (the policy
   runs for one half of the envs while the other half steps: ``rl_training.rollout_collector.overlap``).
 
 Reports env steps/s of each and the ratio to ``N x`` the single-env rate (the issue's 85% target). On a
@@ -48,13 +48,13 @@ def collector_rate(n_envs: int, vec_mode: str, overlap: bool, n_episodes: int) -
 def main(argv: List[str]) -> None:
     args = parse_key_values(argv, DEFAULTS)
     n_episodes = int(args["n_episodes"])
-    single = collector_rate(1, "inline", False, n_episodes)
-    rows = {"single env": single}
-    for n in (int(v) for v in parse_list(args["n_envs"])):
+    rows = {"inline env (policy and env in one process)": collector_rate(1, "inline", False, n_episodes)}
+    for n in sorted({1, *(int(v) for v in parse_list(args["n_envs"]))}):
         for overlap in (False, True):
             if overlap and n < 2:
                 continue
             rows[f"collector n_envs={n} overlap={'on' if overlap else 'off'}"] = collector_rate(n, "process", overlap, n_episodes)
+    single = rows["collector n_envs=1 overlap=off"]   # one env worker: the single-env rate of this source
     print(f"| setting | env steps/s | / (n_envs x single env) |  ({os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f})")
     print("|---|---:|---:|")
     for name, rate in rows.items():

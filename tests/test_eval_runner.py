@@ -83,7 +83,7 @@ def test_noise_scale_zero_starts_every_chunk_from_zero(tiny_checkpoint, tmp_path
 
 
 def _episode_results(policy, task_cfg, out_dir: str, n_episodes: int, n_envs: int, vec_mode: str,
-                     overlap: bool = True) -> list:
+                     overlap: bool = False) -> list:
     runner = PointCloudEnvRunner(task_cfg, out_dir, n_episodes=n_episodes, n_envs=n_envs, n_videos=0,
                                  max_episode_steps=REPRO_EPISODE_STEPS, n_obs_steps=policy.n_obs_steps,
                                  seed=100000, vec_mode=vec_mode, overlap=overlap)
@@ -100,15 +100,15 @@ def test_evaluation_repeats_exactly_whatever_the_batching(tmp_path):
     """The shipped checkpoint (real policy, 512-point clouds) on the dense reward, whose return is a
     float that changes with any change of the trajectory: two runs agree episode by episode, the first
     N of 2N episodes are the N-episode run, 1 inline env gives what 2 worker processes give, and so does
-    stepping the 2 workers in lock-step instead of overlapped with the policy."""
+    overlapping the 2 workers' steps with the policy instead of stepping them in lock-step."""
     policy, cfg, _ = load_policy(os.path.join(os.path.dirname(__file__), "..", "data", "checkpoints",
                                               "lift_d0_default.ckpt"))
     task = {**OmegaConf.to_container(cfg.task, resolve=True), "reward_shaping": True}
     four = _episode_results(policy, task, str(tmp_path), 4, 2, "process")
     again = _episode_results(policy, task, str(tmp_path), 4, 2, "process")
     two_inline = _episode_results(policy, task, str(tmp_path), 2, 1, "inline")
-    lock_step = _episode_results(policy, task, str(tmp_path), 4, 2, "process", overlap=False)
-    assert four == again == lock_step
+    overlapped = _episode_results(policy, task, str(tmp_path), 4, 2, "process", overlap=True)
+    assert four == again == overlapped
     assert two_inline == four[:2]
     # The check can fail: episodes differ from each other (different seeds -> different trajectories).
     assert len({e["return"] for e in four}) == 4

@@ -60,7 +60,7 @@ class PointCloudEnvRunner:
     def __init__(self, task: Mapping[str, Any] | DictConfig, output_dir: str, n_episodes: int = 50, n_envs: int = 2,
                  n_videos: int = 1, render_size: int = 128, max_episode_steps: Optional[int] = None,
                  n_obs_steps: int = 2, seed: int = 100000, vec_mode: str = "process", noise_scale: float = 1.0,
-                 overlap: bool = True):
+                 overlap: bool = False):
         """``noise_scale``: the flow starts from ``noise_scale * N(0, I)`` draws (0 = fully deterministic);
         a diagnostic of how much the policy's behaviour rides on its initial noise. ``overlap``: policy for one
         group of envs while the other steps (:func:`run_episodes`; results are the same either way)."""

@@ -64,7 +64,7 @@ class RolloutBatch:
 class RLRolloutCollector:
     def __init__(self, task: Mapping[str, Any], output_dir: str, n_episodes_per_batch: int = 16, n_envs: int = 2,
                  max_episode_steps: int | None = None, render_episodes: int = 0, render_size: int = 128,
-                 n_obs_steps: int = 2, seed: int = 0, vec_mode: str = "process", overlap: bool = True):
+                 n_obs_steps: int = 2, seed: int = 0, vec_mode: str = "process", overlap: bool = False):
         """``overlap``: policy inference for one group of envs while the other group's workers step
         (:func:`~equi_diffpo.env_runner.episode_loop.run_episodes`)."""
         self.overlap = bool(overlap)
