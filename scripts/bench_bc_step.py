@@ -35,7 +35,7 @@ class Variant:
     def __init__(self, spec: str, task_name: str, overrides: List[str], run_dir: str):
         threads, precision = spec.split(":")
         self.name, self.threads = spec, int(threads)
-        cfg = compose_config("train_maniflow_pointcloud", [f"task_name={task_name}", f"training.precision={precision}",
+        cfg = compose_config("train_maniflow_pointcloud", [f"task={task_name}", f"training.precision={precision}",
                                                            f"training.torch_threads={threads}", "logging.mode=disabled",
                                                            *overrides])
         self.workspace = TrainManiFlowWorkspace(cfg, output_dir=os.path.join(run_dir, spec.replace(":", "_")))

@@ -203,3 +203,21 @@ def test_episode_limit_comes_from_the_task_yaml_only():
     assert episode_limit("lift_d0") == 200 and episode_limit("pick_place_d0") == 600
     with pytest.raises(KeyError, match="valid names"):
         episode_limit("lift_d9")
+
+
+def test_stack_task_cloud_tells_the_cubes_apart_by_colour():
+    """stack_d0 picks cubeA (red wood) and places it on cubeB (green wood): the task's cloud carries rgb and
+    the two cubes' points differ in colour (xyz alone left a 1 cm size difference, and BC went for cubeB)."""
+    from conftest import compose_cfg
+    from omegaconf import OmegaConf
+
+    task = compose_cfg("train_maniflow_pointcloud", ["task=stack_d0"]).task
+    env = RobosuitePointCloudEnv("stack_d0", OmegaConf.to_container(task.point_cloud), max_episode_steps=MAX_STEPS)
+    try:
+        cloud = env.reset(seed=0)["point_cloud"]
+        assert cloud.shape[1] == task.point_dim == 6
+        for cube, half, (more, less) in (("cubeA", 0.02, (0, 1)), ("cubeB", 0.025, (1, 0))):
+            rgb = cloud[np.abs(cloud[:, :3] - env.raw_obs[f"{cube}_pos"]).max(axis=1) < half + 0.003, 3:]
+            assert len(rgb) > 20 and rgb[:, more].mean() > rgb[:, less].mean() + 0.15, (cube, rgb.mean(axis=0))
+    finally:
+        env.close()
