@@ -95,7 +95,8 @@ def test_missing_pretrained_checkpoint_names_the_path(tmp_path):
 
 def test_checkpoint_of_another_task_names_task_name(tiny_checkpoint, tmp_path):
     # What `task_name=stack_d0` on the command line becomes (see hydra_cli.route_task_name).
-    cfg = rl_cfg(tiny_checkpoint, "task=stack_d0")
+    # stack_d0's clouds carry rgb; with its point_dim the architecture check would fire first.
+    cfg = rl_cfg(tiny_checkpoint, "task=stack_d0", "task.point_dim=3", "task.point_cloud.use_rgb=false")
     assert cfg.task_name == "stack_d0"
     with pytest.raises(CheckpointError, match=r"task_name: checkpoint 'lift_d0' vs requested 'stack_d0'"):
         RLWorkspace(cfg, output_dir=str(tmp_path))

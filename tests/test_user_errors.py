@@ -79,7 +79,9 @@ def test_rl_corrupt_checkpoint(corrupt_checkpoint, tmp_path):
 
 
 def test_rl_checkpoint_of_another_task(tiny_checkpoint, tmp_path):
-    line = error_line(run_quiet(rl(tiny_checkpoint, "task_name=stack_d0", f"hydra.run.dir={tmp_path / 'run'}"), tmp_path))
+    # stack_d0's clouds carry rgb; with its point_dim the architecture check would fire first.
+    line = error_line(run_quiet(rl(tiny_checkpoint, "task_name=stack_d0", "task.point_dim=3", "task.point_cloud.use_rgb=false",
+                                   f"hydra.run.dir={tmp_path / 'run'}"), tmp_path))
     assert line == (f"error: checkpoint '{tiny_checkpoint}' does not match this run: "
                     "task_name: checkpoint 'lift_d0' vs requested 'stack_d0'")
 
