@@ -1,7 +1,7 @@
 """PPO update time with and without the feature cache, on one real rollout batch, as a share of the epoch.
 
     python scripts/bench_ppo_update.py                       # README main command's settings (lift_d0, 32 episodes)
-    python scripts/bench_ppo_update.py --repeat=3 --profile critic.encoder=own   # each mode 3x, cProfile of the last
+    python scripts/bench_ppo_update.py --repeat=3 --profile critic=own   # each mode 3x, cProfile of the last
 
 Builds the RL workspace of ``train_maniflow_pointcloud_rl`` (hydra overrides as arguments), collects one
 batch with its real collector, then runs the same ``PPOTrainer.update`` twice from the same weights, optimizer

@@ -7,7 +7,7 @@ processes, no validation) in two settings, one after the other in this process:
 
 * ``before``: robosuite's stock controller loop (``task.fast_control=false``), encoders re-run in every
   PPO minibatch (``rl_training.ppo_trainer.cache_features=false``) and the critic with its own trainable
-  point-cloud encoder (``critic.encoder=own``): the defaults until 2026-11-30;
+  point-cloud encoder (``critic=own``): the defaults until 2026-11-30;
 * ``after``: the current defaults (compiled control loop, features cached once per batch, privileged critic).
 
 Prints per setting the mean rollout / update seconds per epoch, env steps per second of the collector,
@@ -29,7 +29,7 @@ from equi_diffpo.rl_training.rl_workspace import RLWorkspace
 
 DEFAULTS: Dict[str, str] = {"n_epochs": "2", "output": ""}
 SETTINGS: Dict[str, List[str]] = {
-    "before": ["task.fast_control=false", "rl_training.ppo_trainer.cache_features=false", "critic.encoder=own"],
+    "before": ["task.fast_control=false", "rl_training.ppo_trainer.cache_features=false", "critic=own"],
     "after": [],
 }
 

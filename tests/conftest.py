@@ -80,7 +80,7 @@ TINY_TASK: List[str] = [
 # RL runs: tiny critic, inline envs, 2 short episodes per batch (at most 2 x 16 / 8 = 4 chunk
 # steps, so minibatches of 4), nothing rendered.
 TINY_RL: List[str] = TINY_TASK + [
-    "critic.hidden=16", "critic.pc_out=16", "critic.state_out=8",
+    "critic.hidden=16",
     "rl_training.num_epochs=1", "rl_training.val_every=0", "rl_training.checkpoint_every=1",
     "rl_training.rollout_collector.n_episodes_per_batch=2", "rl_training.rollout_collector.n_envs=2",
     "rl_training.rollout_collector.vec_mode=inline", "rl_training.rollout_collector.render_episodes=0",

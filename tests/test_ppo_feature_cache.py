@@ -36,8 +36,8 @@ def make_policy_and_critic(critic_encoder: str = "policy", chain_noise: bool = F
     with torch.no_grad():   # the prior's mean starts at 0 whatever cond is; make cond matter from the start
         base.noise_prior.mean_net[-1].weight.normal_(0.0, 0.1)
     base.obs_encoder.requires_grad_(finetune_obs_encoder)
-    critic = build_critic({"encoder": critic_encoder, "hidden": 16, "init_encoder_from_policy": True},
-                          policy, base, TASK, n_obs_steps=2)
+    own = {"init_encoder_from_policy": True} if critic_encoder == "own" else {}
+    critic = build_critic({"encoder": critic_encoder, "hidden": 16, **own}, policy, base, TASK, n_obs_steps=2)
     return policy, critic
 
 
@@ -140,6 +140,11 @@ def test_minibatch_index_carries_cached_features():
     with pytest.raises(ValueError, match="cond has leading dim"):
         PPOBatch(obs=batch.obs, chains=batch.chains, log_probs=batch.log_probs, values=batch.values,
                  advantages=batch.advantages, returns=batch.returns, cond=batch.cond[:5])
+
+
+def test_a_key_of_another_critic_kind_is_named():
+    with pytest.raises(ValueError, match=r"\['pc_out'\].*critic=<kind>"):
+        build_critic({"encoder": "policy", "hidden": 16, "pc_out": 8}, None, None, TASK, n_obs_steps=2)
 
 
 def test_resuming_with_another_critic_encoder_names_the_key():

@@ -1,4 +1,5 @@
-"""The PPO critic as the trainer sees it: raw obs -> value. Two kinds, chosen by ``critic.encoder``:
+"""The PPO critic as the trainer sees it: raw obs -> value. Three kinds, chosen by the ``critic`` config
+group (``critic=privileged|policy|own``, ``equi_diffpo/config/critic/<kind>.yaml``, which sets ``critic.encoder``):
 
 * ``policy`` (:class:`PolicyFeatureCritic`): a value MLP on the policy's own observation features
   ``policy.encode_obs(obs)``, with no gradient into them. While the policy's encoder is frozen (the
@@ -24,7 +25,10 @@ from equi_diffpo.env.robosuite_env import privileged_obs_dim
 from equi_diffpo.model.normalizer import LinearNormalizer
 from equi_diffpo.model.value_head import ValueHead, value_mlp
 
-CRITIC_ENCODERS = ("policy", "own", "privileged")
+# Each critic kind's keys (besides ``encoder``), as its ``config/critic/<kind>.yaml`` gives them.
+CRITIC_KEYS = {"policy": {"hidden"}, "privileged": {"hidden"},
+               "own": {"hidden", "init_encoder_from_policy", "pc_out", "state_out"}}
+CRITIC_ENCODERS = tuple(CRITIC_KEYS)
 
 
 class _NamedCritic(nn.Module):
@@ -150,13 +154,17 @@ def build_critic(critic_cfg: Mapping[str, Any], policy: nn.Module, base: nn.Modu
     """The ``critic`` config group -> critic for ``policy`` (an RL policy around the pretrained ``base``)."""
     cfg = dict(critic_cfg)
     encoder = cfg.pop("encoder", "own")
-    init_from_policy = cfg.pop("init_encoder_from_policy", False)
+    if encoder not in CRITIC_KEYS:
+        raise ValueError(f"critic.encoder={encoder!r}; valid: {CRITIC_ENCODERS} (choose one with critic=<kind>)")
+    foreign = sorted(set(cfg) - CRITIC_KEYS[encoder])
+    if foreign:
+        raise ValueError(f"critic key(s) {foreign} are not read by critic.encoder={encoder!r}: choose the critic "
+                         f"with critic=<kind> ({', '.join(CRITIC_ENCODERS)}), whose yaml has that kind's keys")
+    init_from_policy = cfg.pop("init_encoder_from_policy", True)
     if encoder == "policy":
         return PolicyFeatureCritic(policy, base.obs_encoder.output_dim, cfg["hidden"])
     if encoder == "privileged":
         return PrivilegedCritic(task["agent_pos_dim"], privileged_obs_dim(task["name"]), cfg["hidden"])
-    if encoder != "own":
-        raise ValueError(f"critic.encoder={encoder!r}; valid: {CRITIC_ENCODERS}")
     value_head = ValueHead(task["point_dim"], task["agent_pos_dim"], n_obs_steps, **cfg,
                            obs_encoder=base.obs_encoder if init_from_policy else None)
     return NormalizedCritic(value_head, base.normalizer, n_obs_steps)
