@@ -17,6 +17,9 @@ Training (ManiFlow's consistency flow matching), on one batch split in two:
     for large steps, so 1-2 Euler steps (``dt = 1/K`` is passed to the net) give good actions.
     The teacher uses its own obs encoder (ManiFlow feeds the student's features to the EMA net;
     using the EMA encoder keeps the teacher one consistent, slowly moving function).
+With ``prediction='sample'`` the net's output is the clean chunk (``velocity_net`` still returns a
+velocity, see :mod:`equi_diffpo.model.velocity_net`) and both losses compare the chunks the
+velocities lead to, ``x_t + (1 - t) v``, instead of the velocities.
 
 Data shapes (raw, un-normalized):
   obs ``point_cloud`` ``(B, To, N, C)``, ``agent_pos`` ``(B, To, agent_pos_dim)``;
