@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default checkpoint data/checkpoints/lift_d0_default.ckpt from scratch:
-# scripted demos -> point-cloud zarr -> ManiFlow BC -> slim export (cfg + EMA weights).
-# It is deliberately a *short* BC run (a few epochs) so PPO has something to improve; a fully
-# trained BC policy is made by scripts/train.py with the default number of epochs.
-# ~15 min on a 2-core CPU. Usage: bash scripts/make_default_checkpoint.sh [N_DEMOS] [EPOCHS]
+# Reproduce a shipped default checkpoint data/checkpoints/<TASK>_default.ckpt from scratch:
+# scripted demos -> point-cloud zarr -> ManiFlow BC -> slim export (cfg + EMA weights) -> 100-episode evaluation.
+#   lift_d0 (default): 8 BC epochs, a deliberately *short* run so PPO has something to improve (~15 min on 2 cores);
+#                      a fully trained lift policy comes from scripts/train.py with more epochs.
+#   stack_d0:          the BC recipe of docs/EXPERIMENTS.md (rgb point clouds from the task yaml, sample prediction,
+#                      bf16, EPOCHS epochs).
+# Usage: bash scripts/make_default_checkpoint.sh [TASK] [N_DEMOS] [EPOCHS]   (TASK may be left out: lift_d0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TASK=lift_d0
+if [[ $# -gt 0 && ! $1 =~ ^[0-9]+$ ]]; then TASK=$1; shift; fi
 N_DEMOS=${1:-100}
-EPOCHS=${2:-8}
 PY=${PYTHON:-.venv/bin/python}
-RUN=data/outputs/default_checkpoint_lift_d0
-$PY scripts/generate_demos.py task_name=lift_d0 n_demos="$N_DEMOS" seed=0
-$PY scripts/convert_to_pointcloud.py task_name=lift_d0
-$PY scripts/train.py task_name=lift_d0 training.num_epochs="$EPOCHS" training.checkpoint_every="$EPOCHS" \
-    training.rollout_every=0 training.resume=false logging.mode=disabled hydra.run.dir="$RUN"
-$PY scripts/export_checkpoint.py "$RUN/checkpoints/latest.ckpt" data/checkpoints/lift_d0_default.ckpt
-$PY scripts/eval_policy.py checkpoint=data/checkpoints/lift_d0_default.ckpt n_episodes=50 n_videos=0 \
+case "$TASK" in
+    lift_d0)  EPOCHS=${2:-8};  RECIPE=() ;;
+    stack_d0) EPOCHS=${2:-30}; RECIPE=(policy.prediction=sample training.precision=bf16) ;;
+    *) echo "no default-checkpoint recipe for TASK=$TASK (lift_d0, stack_d0)" >&2; exit 2 ;;
+esac
+RUN=data/outputs/default_checkpoint_$TASK
+$PY scripts/generate_demos.py task_name="$TASK" n_demos="$N_DEMOS" seed=0
+$PY scripts/convert_to_pointcloud.py task_name="$TASK"
+$PY scripts/train.py task_name="$TASK" training.num_epochs="$EPOCHS" training.checkpoint_every="$EPOCHS" \
+    training.rollout_every=0 training.resume=false logging.mode=disabled hydra.run.dir="$RUN" ${RECIPE[@]+"${RECIPE[@]}"}
+$PY scripts/export_checkpoint.py "$RUN/checkpoints/latest.ckpt" "data/checkpoints/${TASK}_default.ckpt"
+$PY scripts/eval_policy.py checkpoint="data/checkpoints/${TASK}_default.ckpt" n_episodes=100 n_videos=0 \
     output_dir="$RUN/eval_default"

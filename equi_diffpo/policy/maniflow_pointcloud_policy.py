@@ -17,6 +17,9 @@ Training (ManiFlow's consistency flow matching), on one batch split in two:
     for large steps, so 1-2 Euler steps (``dt = 1/K`` is passed to the net) give good actions.
     The teacher uses its own obs encoder (ManiFlow feeds the student's features to the EMA net;
     using the EMA encoder keeps the teacher one consistent, slowly moving function).
+With ``prediction='sample'`` the net's output is the clean chunk (``velocity_net`` still returns a
+velocity, see :mod:`equi_diffpo.model.velocity_net`) and both losses compare the chunks the
+velocities lead to, ``x_t + (1 - t) v``, instead of the velocities.
 
 Data shapes (raw, un-normalized):
   obs ``point_cloud`` ``(B, To, N, C)``, ``agent_pos`` ``(B, To, agent_pos_dim)``;
@@ -53,7 +56,7 @@ class ManiFlowPointcloudPolicy(nn.Module):
                  pointnet_hidden: Sequence[int] = (64, 128, 256),
                  down_dims: Sequence[int] = (64, 128), kernel_size: int = 5,
                  time_embed_dim: int = 64, n_groups: int = 8, clip_sample: bool = True,
-                 time_convention: str = TIME_CONVENTION, noise_prior: bool = False,
+                 time_convention: str = TIME_CONVENTION, prediction: str = "velocity", noise_prior: bool = False,
                  noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1,
                  noise_prior_chunk_shift: bool = False, residual: bool = False, residual_hidden: int = 256,
                  residual_scale: float = 0.1, residual_std_init: float = 0.5, residual_std_min: float = 0.05,
@@ -80,7 +83,8 @@ class ManiFlowPointcloudPolicy(nn.Module):
             encoder_output_dim=int(encoder_output_dim), state_output_dim=int(state_output_dim),
             pointnet_hidden=[int(h) for h in pointnet_hidden], down_dims=[int(d) for d in down_dims],
             kernel_size=int(kernel_size), time_embed_dim=int(time_embed_dim), n_groups=int(n_groups),
-            clip_sample=bool(clip_sample), time_convention=TIME_CONVENTION, noise_prior=bool(noise_prior),
+            clip_sample=bool(clip_sample), time_convention=TIME_CONVENTION, prediction=str(prediction),
+            noise_prior=bool(noise_prior),
             noise_prior_hidden=int(noise_prior_hidden), noise_prior_std_min=float(noise_prior_std_min),
             noise_prior_chunk_shift=bool(noise_prior_chunk_shift), residual=bool(residual),
             residual_hidden=int(residual_hidden), residual_scale=float(residual_scale),
@@ -99,7 +103,7 @@ class ManiFlowPointcloudPolicy(nn.Module):
                                       c["encoder_output_dim"], c["state_output_dim"], c["pointnet_hidden"])
         self.velocity_net = ConditionalUnet1D(c["action_dim"], self.obs_encoder.output_dim, c["horizon"],
                                               c["down_dims"], c["time_embed_dim"], c["kernel_size"],
-                                              c["n_groups"])
+                                              c["n_groups"], c["prediction"])
         self.noise_prior = self._build_noise_prior() if c["noise_prior"] else None
         self.residual_head = self._build_residual_head() if c["residual"] else None
 
@@ -239,7 +243,7 @@ class ManiFlowPointcloudPolicy(nn.Module):
         t = torch.rand(n_flow, 1, 1, device=x1.device)
         x_t = (1 - t) * x0[:n_flow] + t * x1[:n_flow]
         v_pred = self.velocity_net(x_t, t.flatten(), 0.0, cond[:n_flow])
-        loss_flow = F.mse_loss(v_pred, x1[:n_flow] - x0[:n_flow]) if n_flow > 0 else x1.new_zeros(())
+        loss_flow = self._regression_loss(v_pred, x1[:n_flow] - x0[:n_flow], t) if n_flow > 0 else x1.new_zeros(())
 
         loss_ct = x1.new_zeros(())
         if n_flow < batch_size:
@@ -269,4 +273,12 @@ class ManiFlowPointcloudPolicy(nn.Module):
             x1_hat = x_t_next + (1 - t_next) * v_teacher
             v_target = (x1_hat - x_t) / (1 - t)
         v_pred = self.velocity_net(x_t, t.flatten(), delta, cond)
+        return self._regression_loss(v_pred, v_target, t)
+
+    def _regression_loss(self, v_pred: torch.Tensor, v_target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """MSE of velocities ``(n, horizon, Da)`` at times ``t`` ``(n, 1, 1)``; with ``prediction='sample'`` of
+        the clean chunks they lead to, ``x_t + (1 - t) v`` (the velocity error times ``1 - t``), so every t
+        weighs alike instead of ``1 / (1 - t)^2``."""
+        if self._config["prediction"] == "sample":
+            return F.mse_loss(v_pred * (1 - t), v_target * (1 - t))
         return F.mse_loss(v_pred, v_target)
