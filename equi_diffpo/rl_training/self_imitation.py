@@ -9,20 +9,14 @@ Self-Imitation Learning (Oh et al. 2018, there with (R - V)+ weights) and of rew
 (ReST, RAFT): it moves the deterministic policy towards what succeeded, on the states the policy itself
 visits, and needs no log-prob of the flow (which is what made FPO and the noisy chain fragile here).
 
-It runs after each PPO update, as BC pretraining does: a *student* copy of the velocity net takes AdamW steps on
-the loss, and the acting velocity net (``base.velocity_net``: rollouts, validation, the checkpoint's ``model``) is
-the student's EMA, which is also the consistency teacher. Why the EMA: measured on lift_d0 (continuing BC of the
-shipped checkpoint on its own demos for 300 steps at lr 1e-4, 50 episodes) the raw weights stayed at 0.36 while
-their EMA reached 0.52; without it the first self-imitation runs fell from 0.3 to 0.1 rollout success in 4 epochs.
-The encoder and normalizer are shared with ``base`` (frozen: ``rl_training.finetune_obs_encoder`` must be false),
-so only the velocity net is doubled. Chunks come from a FIFO replay of the last ``buffer_chunks`` successful chunk
-steps; the target is the executed chain's end ``x_K``, decoded (clamped) to raw actions as the env got them.
+It runs after each PPO update, on its own optimizer over the velocity net (the encoder stays frozen unless
+``rl_training.finetune_obs_encoder``), from a FIFO replay of the last ``buffer_chunks`` successful chunk steps:
+the chunk target is the executed chain's end ``x_K``, decoded (clamped) to raw actions as the env got them.
 The replay is not saved in checkpoints (tens of MB of point clouds); a resumed run refills it from its next
 rollouts. With torch.distributed each rank samples its own replay and gradients are averaged before the step.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
@@ -31,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from equi_diffpo.model.ema import EMAModel
 from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
 from equi_diffpo.rl_training.ppo_trainer import _is_distributed, all_reduce_gradients
 
@@ -45,9 +38,7 @@ class SelfImitationConfig:
     weight_decay: float = 1.0e-6
     max_grad_norm: float = 1.0
     buffer_chunks: int = 4096      # FIFO replay of successful chunk steps (~16 MB per 1k at 512 xyz points)
-    min_chunks: int = 256          # no step until the replay holds this many (fewer: it overfits a few episodes)
-    ema_power: float = 0.75        # EMA warm-up of the acting velocity net, as BC's ema.power / ema.max_value
-    ema_max_value: float = 0.9999
+    min_chunks: int = 64           # no step until the replay holds this many
 
     def __post_init__(self) -> None:
         for name in ("steps_per_epoch", "batch_size", "buffer_chunks", "min_chunks"):
@@ -108,27 +99,17 @@ class SuccessReplay:
 
 
 class SelfImitation:
-    """Owns the replay, the student velocity net, its optimizer and the EMA that writes ``base.velocity_net``
-    (``state_dict``: student, optimizer and EMA counter, so resume continues them)."""
+    """Owns the replay and the optimizer of the BC steps on it (``state_dict``: the optimizer, so resume keeps it)."""
 
     def __init__(self, base: ManiFlowPointcloudPolicy, config: SelfImitationConfig | Mapping[str, Any], seed: int = 0):
         self.config = config if isinstance(config, SelfImitationConfig) else SelfImitationConfig.from_dict(config)
         self.base = base
         self.replay = SuccessReplay(self.config.buffer_chunks)
         self.rng = np.random.default_rng(seed)
-        if not self.enabled:
-            return
-        if any(p.requires_grad for p in [*base.velocity_net.parameters(), *base.obs_encoder.parameters()]):
-            raise ValueError("rl_training.self_imitation trains the velocity net itself: use it with an RL method that "
-                             "freezes it (rl_policy=latent or residual) and rl_training.finetune_obs_encoder=false")
-        # The student: base's own encoder and normalizer (shared, frozen), its own copy of the velocity net.
-        self.student = copy.deepcopy(base)
-        self.student.obs_encoder, self.student.normalizer = base.obs_encoder, base.normalizer
-        self.student.noise_prior = self.student.residual_head = None
-        self.student.velocity_net.requires_grad_(True)
-        self.params: List[nn.Parameter] = list(self.student.velocity_net.parameters())
+        self.params: List[nn.Parameter] = list(base.velocity_net.parameters())
+        if any(p.requires_grad for p in base.obs_encoder.parameters()):
+            self.params += [p for p in base.obs_encoder.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        self.ema = EMAModel(base.velocity_net, power=self.config.ema_power, max_value=self.config.ema_max_value)
 
     @property
     def enabled(self) -> bool:
@@ -152,21 +133,26 @@ class SelfImitation:
         stats = {"self_imitation/replay_chunks": float(len(self.replay)), "self_imitation/steps": 0.0}
         if self._smallest_replay() < cfg.min_chunks:
             return stats
+        frozen = [p for p in self.params if not p.requires_grad]
+        for p in frozen:                 # the RL method may freeze the velocity net for its own optimizer
+            p.requires_grad_(True)
         infos: List[Dict[str, float]] = []
-        for _ in range(cfg.steps_per_epoch):
-            # Consistency targets from the acting (EMA) net, as BC pretraining takes them from its EMA model.
-            loss, info = self.student.compute_loss(self.replay.sample(cfg.batch_size, self.rng), self.base)
-            if not torch.isfinite(loss):
-                raise FloatingPointError("non-finite self-imitation loss; no optimizer step was taken for it")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            all_reduce_gradients(self.params)
-            nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            self.optimizer.step()
-            self.ema.step(self.student.velocity_net)
-            infos.append(info)
+        try:
+            for _ in range(cfg.steps_per_epoch):
+                loss, info = self.base.compute_loss(self.replay.sample(cfg.batch_size, self.rng))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError("non-finite self-imitation loss; no optimizer step was taken for it")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                all_reduce_gradients(self.params)
+                nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                infos.append(info)
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
         stats.update({f"self_imitation/{k}": float(np.mean([i[k] for i in infos])) for k in infos[0]})
-        stats.update({"self_imitation/steps": float(len(infos)), "self_imitation/ema_decay": self.ema.decay})
+        stats["self_imitation/steps"] = float(len(infos))
         return stats
 
     def _smallest_replay(self) -> int:
@@ -177,16 +163,7 @@ class SelfImitation:
         return int(n)
 
     def state_dict(self) -> Dict[str, Any]:
-        if not self.enabled:
-            return {}
-        return {"student": self.student.velocity_net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema.state_dict()}
+        return {"optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if bool(state) != self.enabled:
-            raise ValueError("the checkpoint was written with rl_training.self_imitation "
-                             f"{'on' if state else 'off'}, this run has it {'on' if self.enabled else 'off'}")
-        if state:
-            self.student.velocity_net.load_state_dict(state["student"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
