@@ -26,7 +26,6 @@ from equi_diffpo.rl_training.critic import build_critic
 from equi_diffpo.rl_training.ppo_trainer import PPOBatch, PPOConfig, PPOTrainer, compute_gae
 from equi_diffpo.rl_training.reward_scaling import RunningRewardScaler
 from equi_diffpo.rl_training.rl_rollout_collector import RLRolloutCollector, RolloutBatch
-from equi_diffpo.rl_training.self_imitation import SelfImitation
 from equi_diffpo.workspace.base_workspace import BaseWorkspace, resolve_device, set_seed
 
 
@@ -80,15 +79,12 @@ class RLWorkspace(BaseWorkspace):
         self.critic = build_critic(cfg.critic, self.rl_policy, base, task, base.n_obs_steps).to(self.device)
         broadcast_module(self.rl_policy)
         broadcast_module(self.critic)
-        rl = cfg.rl_training
-        ppo_cfg = PPOConfig.from_dict(OmegaConf.to_container(rl.ppo_trainer, resolve=True))
+        ppo_cfg = PPOConfig.from_dict(OmegaConf.to_container(cfg.rl_training.ppo_trainer, resolve=True))
         if ppo_cfg.lr_schedule != "constant":
-            ppo_cfg.total_epochs = rl.num_epochs
+            ppo_cfg.total_epochs = cfg.rl_training.num_epochs
         self.trainer = PPOTrainer(self.rl_policy, self.critic, ppo_cfg)
         self.reward_scaler = RunningRewardScaler(ppo_cfg.gamma) if cfg.rl_training.reward_scaling else None
         self.ppo_cfg = ppo_cfg
-        self.self_imitation = SelfImitation(base, OmegaConf.to_container(rl.self_imitation, resolve=True),
-                                            seed=cfg.training.seed + self.dist.rank)
 
     # ------------------------------------------------------------------ pieces
     def make_collector(self) -> RLRolloutCollector:
@@ -116,8 +112,7 @@ class RLWorkspace(BaseWorkspace):
         return {**payload, "cfg": cfg}
 
     def train_epoch(self, collector: RLRolloutCollector) -> Dict[str, Any]:
-        """One RL epoch: collect a batch of whole episodes, one PPO update, then (``rl_training.self_imitation``)
-        BC steps on the successful chunks seen so far."""
+        """One RL epoch: collect a batch of whole episodes, then one PPO update."""
         rollout = collector.collect(self.rl_policy, self.critic, tag=f"rollout{self.epoch:04d}")
         rewards = self.reward_scaler(rollout.rewards, rollout.episode_end) if self.reward_scaler else rollout.rewards
         batch = rollout_to_ppo_batch(rollout, rewards, self.ppo_cfg.gamma, self.ppo_cfg.gae_lambda).to(self.device)
@@ -127,15 +122,12 @@ class RLWorkspace(BaseWorkspace):
         start = time.time()
         self.rl_policy.train()
         self.critic.train()
-        stats = self.trainer.update(batch, self.epoch).as_dict()
+        stats = self.trainer.update(batch, self.epoch)
         self.trainer.scheduler_step()
-        if self.self_imitation.enabled:
-            self.self_imitation.add_rollout(rollout.obs, rollout.chains, rollout.terminated, rollout.episode_end)
-            stats.update(self.self_imitation.update())
         update_seconds = time.time() - start
         self.env_steps += rollout.env_steps * self.dist.world_size
         self.global_step += 1
-        metrics: Dict[str, Any] = {**rollout.metrics(), **stats, "perf/update_seconds": update_seconds,
+        metrics: Dict[str, Any] = {**rollout.metrics(), **stats.as_dict(), "perf/update_seconds": update_seconds,
                                    "perf/env_steps": self.env_steps, "charts/epoch": self.epoch,
                                    "charts/SPS": rollout.env_steps / (rollout.seconds + update_seconds)}
         metrics["video_paths"] = rollout.video_paths
