@@ -81,7 +81,8 @@ RL_RULES = COMMON_RULES + (
 )
 BC_RULES = COMMON_RULES + (
     integer_at_least("dataloader.batch_size", 1), integer_at_least("training.num_epochs", 1),
-    integer_at_least("training.max_train_steps", 1, nullable=True), integer_at_least("training.checkpoint_every", 0),
+    integer_at_least("training.max_train_steps", 1, nullable=True), integer_at_least("training.stop_at_epoch", 1, nullable=True),
+    integer_at_least("training.checkpoint_every", 0),
     integer_at_least("training.val_every", 0), integer_at_least("training.rollout_every", 0),
     integer_at_least("eval.n_envs", 1), integer_at_least("eval.n_episodes", 1), positive("optimizer.lr"),
 )

@@ -120,12 +120,14 @@ class TrainManiFlowWorkspace(BaseWorkspace):
                                      seed=cfg.eval.seed, vec_mode=cfg.eval.vec_mode)
         metrics: Dict[str, Any] = {}
         start = time.time()
+        # stop_at_epoch: end early but keep num_epochs' LR schedule, to reproduce a checkpoint from the middle of a run.
+        end_epoch = min(cfg.training.num_epochs, cfg.training.get("stop_at_epoch") or cfg.training.num_epochs)
         with InterruptGuard():
             try:
-                while self.epoch < cfg.training.num_epochs and self.global_step < total_steps:
+                while self.epoch < end_epoch and self.global_step < total_steps:
                     raise_if_interrupted()
                     metrics = {"train/epoch": self.epoch, **self._train_epoch(loader, scheduler, total_steps)}
-                    last = self.epoch + 1 == cfg.training.num_epochs or self.global_step >= total_steps
+                    last = self.epoch + 1 == end_epoch or self.global_step >= total_steps
                     if cfg.training.val_every and (self.epoch % cfg.training.val_every == 0 or last) and len(val_loader):
                         metrics["train/val_loss"] = self._val_loss(val_loader)
                     improved = False
