@@ -112,6 +112,19 @@ def test_best_checkpoint_keeps_the_best_rollout_success(tiny_dataset, tmp_path, 
     assert best["pickles"]["epoch"] == 2 and best["pickles"]["best_success_rate"] == 0.6
 
 
+def test_stop_at_epoch_ends_early_on_the_full_schedule(tiny_dataset, tmp_path):
+    """stop_at_epoch=1 of num_epochs=4: one epoch, saved as the last one, with the LR still high (a 1-epoch run's
+    cosine would have decayed it to ~0)."""
+    cfg = compose_cfg("train_maniflow_pointcloud", bc_overrides(tiny_dataset, max_train_steps=None, num_epochs=4,
+                                                                 stop_at_epoch=1, checkpoint_every=3, val_every=0))
+    workspace = TrainManiFlowWorkspace(cfg, output_dir=str(tmp_path))
+    workspace.run()
+    rows = read_metrics(tmp_path)
+    assert workspace.epoch == 1 and len(rows) == 1
+    assert rows[0]["train/lr"] > 0.5e-3          # optimizer.lr=1e-3, a quarter into its cosine
+    assert "latest.ckpt" in os.listdir(os.path.join(tmp_path, "checkpoints"))   # the last epoch is saved
+
+
 def test_bf16_precision_gives_the_fp32_loss(tiny_bc_run, tiny_dataset):
     """bf16 autocast changes the arithmetic (the loss differs in the low bits), not the objective (~1%)."""
     policy, cfg, _ = load_policy(tiny_bc_run.checkpoint)
