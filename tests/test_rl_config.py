@@ -35,6 +35,14 @@ def test_rl_config_holds_no_bc_keys():
     assert sorted(cfg.training) == ["device", "resume", "seed"]
     assert not [k for k in BC_ONLY_TRAINING_KEYS if k in cfg.training]
     assert cfg.rl_policy["_target_"].endswith("Policy")
+    assert not {"demo_path", "dataset_path", "env_runner"} & set(cfg.task)   # data paths: BC/demo/convert configs only
+
+
+@pytest.mark.parametrize("kind", ["privileged", "policy", "own"])
+def test_each_critic_is_a_group_choice_with_only_the_keys_it_reads(kind):
+    from equi_diffpo.rl_training.critic import CRITIC_KEYS
+    cfg = compose_cfg("train_maniflow_pointcloud_rl", [f"critic={kind}"])
+    assert cfg.critic.encoder == kind and set(cfg.critic) - {"encoder"} == CRITIC_KEYS[kind]
 
 
 def routed(overrides: list) -> list:
