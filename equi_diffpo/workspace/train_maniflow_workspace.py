@@ -121,7 +121,7 @@ class TrainManiFlowWorkspace(BaseWorkspace):
         metrics: Dict[str, Any] = {}
         start = time.time()
         # stop_at_epoch: end early but keep num_epochs' LR schedule, to reproduce a checkpoint from the middle of a run.
-        end_epoch = min(cfg.training.num_epochs, cfg.training.get("stop_at_epoch") or cfg.training.num_epochs)
+        end_epoch = min(cfg.training.num_epochs, cfg.training.stop_at_epoch or cfg.training.num_epochs)
         with InterruptGuard():
             try:
                 while self.epoch < end_epoch and self.global_step < total_steps:
