@@ -221,3 +221,29 @@ def test_stack_task_cloud_tells_the_cubes_apart_by_colour():
             assert len(rgb) > 20 and rgb[:, more].mean() > rgb[:, less].mean() + 0.15, (cube, rgb.mean(axis=0))
     finally:
         env.close()
+
+
+def test_chunk_step_equals_single_steps():
+    """ChunkedEnv converts a chunk's actions in one call (``env_actions``): the episode must be bit-identical
+    to stepping the same actions one at a time."""
+    from equi_diffpo.env.chunked_env import ChunkedEnv
+
+    chunked = ChunkedEnv(n_obs_steps=2, task_name="lift_d0", point_cloud={"source": "mesh", "n_points": 256},
+                         max_episode_steps=20, seed=0)
+    single = RobosuitePointCloudEnv("lift_d0", {"source": "mesh", "n_points": 256}, max_episode_steps=20, seed=0)
+    try:
+        obs = single.reset(seed=3)
+        chunked.reset(seed=3)
+        rng = np.random.default_rng(0)
+        actions = np.stack([hold_pose_action(obs["agent_pos"])] * 8)
+        actions[:, :3] += rng.normal(0, 0.02, (8, 3))
+        actions[:, 3:9] += rng.normal(0, 0.05, (8, 6))
+        result = chunked.step_chunk(actions)
+        steps = [single.step(a) for a in actions]
+        assert result.n_steps == 8 and result.reward == sum(step[1] for step in steps)
+        for key in ("agent_pos", "point_cloud", "privileged"):
+            np.testing.assert_array_equal(result.obs[key][-1], steps[-1][0][key])
+        np.testing.assert_array_equal(chunked.env.get_state(), single.get_state())
+    finally:
+        chunked.close()
+        single.close()

@@ -49,8 +49,8 @@ class ChunkedEnv:
     def step_chunk(self, actions: np.ndarray, render: bool = False) -> ChunkResult:
         """Execute ``actions`` (Ta, 10) until done; reward is summed over the executed steps."""
         total, frames, info, done, n = 0.0, [], {"success": False, "truncated": False}, False, 0
-        for action in actions:
-            obs, reward, done, info = self.env.step(action)
+        for env_action in self.env.env_actions(actions):      # the chunk converted at once (see env_actions)
+            obs, reward, done, info = self.env.step_env_action(env_action)
             self._history.append(obs)
             total += reward
             n += 1
