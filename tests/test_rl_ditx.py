@@ -7,9 +7,7 @@ the checkpoint written by the original code (tests/fixtures/maniflow_original_ti
 from __future__ import annotations
 
 import json
-import lzma
 import os
-import shutil
 import subprocess
 
 import numpy as np
@@ -20,8 +18,6 @@ from conftest import PYTHON, REPO_ROOT, compose_cfg
 from equi_diffpo.common.checkpoint_io import CheckpointError, load_payload, load_policy
 from equi_diffpo.common.errors import ConfigError
 from equi_diffpo.env.rotation import rot6d_rows_to_columns
-from equi_diffpo.policy.latent_noise_policy import LatentNoisePolicy
-from equi_diffpo.policy.noisy_chain_policy import NoisyChainPolicy
 from equi_diffpo.policy.rl_policy_factory import build_rl_policy, rl_policy_config
 from equi_diffpo.rl_training.critic import build_critic
 from equi_diffpo.rl_training.ppo_trainer import PPOBatch, PPOConfig, PPOTrainer, compute_gae
@@ -126,7 +122,8 @@ def test_latent_update_trains_only_the_noise_prior():
 def test_chain_update_trains_velocity_net_and_heads_not_the_encoder():
     changed = ppo_update(make_rl("chain"))
     assert any(k.startswith("base.model.blocks.") for k in changed)
-    assert any(k.startswith("noise_head.") for k in changed) and any(k.startswith("base.noise_prior.") for k in changed)
+    assert any(k.startswith("noise_head.") for k in changed)
+    assert any(k.startswith("base.noise_prior.") for k in changed)
     assert not any(k.startswith(("base.obs_encoder.", "base.normalizer.")) for k in changed)
 
 
@@ -144,14 +141,6 @@ def test_own_critic_refuses_the_ditx_naming_the_choices():
 
 
 # ----------------------------------------------------------------------------- workspace, from the original's checkpoint
-@pytest.fixture(scope="module")
-def original_checkpoint(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("original") / "original.ckpt"
-    with lzma.open(REPO_ROOT / "tests" / "fixtures" / "maniflow_original_tiny.ckpt.xz") as src, open(path, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return str(path)
-
-
 def rl_cfg(checkpoint: str, *extra: str):
     return compose_cfg("train_maniflow_pointcloud_rl", [
         "task=stack_d0", "task_name=stack_d0", f"pretrained_policy_path={checkpoint}", "critic.hidden=16",
@@ -185,7 +174,8 @@ def test_workspace_epoch_from_the_original_checkpoint(rl_run):
     assert type(workspace.model).__name__ == "ManiFlowTransformerPointcloudPolicy"
     assert workspace.cfg.task.point_cloud.source == "camera" and workspace.cfg.task.point_dim == 6
     assert metrics["charts/n_episodes"] == 2 and metrics["losses/first_minibatch_ratio_max_dev"] < 1e-4
-    changed = [k for k, v in workspace.model.state_dict().items() if k not in pretrained or not torch.equal(v, pretrained[k])]
+    changed = [k for k, v in workspace.model.state_dict().items()
+               if k not in pretrained or not torch.equal(v, pretrained[k])]
     assert any(k.startswith("noise_prior.") for k in changed)
     assert not any(k.startswith(("model.", "obs_encoder.")) for k in changed)
 
@@ -213,3 +203,19 @@ def test_rl_checkpoint_rebuilds_the_ditx_with_its_prior_and_acts(rl_run, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "eval.json").read_text())
     assert result["task_name"] == "stack_d0" and result["eval/mean_length"] == 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_rl_epoch_on_cuda_from_the_original_checkpoint(original_checkpoint, tmp_path):
+    """``training.device=cuda`` moves the DiT-X, its prior and the critic like the U-Net path; the checkpoint
+    loads on the CPU."""
+    from equi_diffpo.rl_training.rl_workspace import RLWorkspace
+
+    workspace = RLWorkspace(rl_cfg(original_checkpoint, "time_convention=t0_noise_t1_data", "training.device=cuda"),
+                            output_dir=str(tmp_path))
+    assert workspace.model.device.type == "cuda" and workspace.model.noise_prior.log_std.is_cuda
+    assert all(p.is_cuda for p in workspace.critic.parameters())
+    metrics = workspace.run()
+    assert metrics["losses/first_minibatch_ratio_max_dev"] < 1e-3
+    policy, _, _ = load_policy(os.path.join(workspace.checkpoint_dir, "latest.ckpt"), "cpu")
+    assert policy.noise_prior is not None and policy.device.type == "cpu"

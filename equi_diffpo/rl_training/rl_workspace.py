@@ -74,7 +74,8 @@ class RLWorkspace(BaseWorkspace):
         if written_by_original_code(ckpt_cfg):   # its task is not ours: act in task_name's env, as it observed
             with open_dict(cfg):
                 cfg.task = with_original_observations(cfg.task)
-            print(f"original ManiFlow checkpoint: {cfg.task.name} with its observations (task/point_cloud/maniflow_original)")
+            print(f"original ManiFlow checkpoint: acting in {cfg.task.name} with its observation pipeline "
+                  "(task/point_cloud/maniflow_original)")
         else:
             check_checkpoint_task(ckpt_cfg, cfg, cfg.pretrained_policy_path)
         task = cfg.task
