@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 from equi_diffpo.common.checkpoint_io import load_policy
 from equi_diffpo.common.config_checks import EVAL_RULES, check_config
 from equi_diffpo.common.errors import ConfigError
-from equi_diffpo.common.hydra_cli import hydra_entry_point, task_config
+from equi_diffpo.common.hydra_cli import (hydra_entry_point, task_config, with_original_observations,
+                                          written_by_original_code)
 from equi_diffpo.common.run_logger import log_summary
 from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
 from equi_diffpo.workspace.base_workspace import resolve_device
@@ -27,11 +28,11 @@ def main(cfg: DictConfig) -> None:
     if cfg.num_inference_steps:
         policy.num_inference_steps = int(cfg.num_inference_steps)
     task = ckpt_cfg.task
-    if "point_cloud" not in task:       # written by the original ManiFlow code: its own task format
+    if written_by_original_code(ckpt_cfg):       # its own task format
         if not cfg.task_name:
             raise ConfigError(f"checkpoint {cfg.checkpoint!r} was written by the original ManiFlow code: "
                               "pass task_name=<one of ours> to evaluate it in our envs")
-        task = task_config(cfg.task_name, ["+task/point_cloud=maniflow_original"])
+        task = with_original_observations(task_config(cfg.task_name))
     elif cfg.task_name and cfg.task_name != task.name:
         raise ConfigError(f"checkpoint {cfg.checkpoint!r} was trained on {task.name!r}, not task_name={cfg.task_name!r}: "
                           f"drop task_name or pass a {cfg.task_name} checkpoint")

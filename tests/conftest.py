@@ -12,8 +12,10 @@ expensive enough to share:
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import pathlib
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import Dict, List
@@ -162,6 +164,16 @@ def tiny_bc_run(tmp_path_factory, tiny_dataset) -> TinyBCRun:
     torch.set_num_threads(1)
     return TinyBCRun(output_dir, os.path.join(output_dir, "checkpoints", "latest.ckpt"), tiny_dataset,
                      workspace.global_step, workspace.epoch)
+
+
+@pytest.fixture(scope="session")
+def original_checkpoint(tmp_path_factory) -> str:
+    """Path of the small-config checkpoint written by the original ManiFlow code (decompressed fixture)."""
+    path = tmp_path_factory.mktemp("original") / "latest.ckpt"
+    with lzma.open(REPO_ROOT / "tests" / "fixtures" / "maniflow_original_tiny.ckpt.xz", "rb") as src, \
+            open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,9 @@
 from __future__ import annotations
 
 import json
-import lzma
 import os
-import shutil
 
 import numpy as np
-import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
@@ -69,14 +66,6 @@ def test_bc_trains_the_ditx_policy(tiny_dataset, tmp_path):
     assert type(policy).__name__ == "ManiFlowTransformerPointcloudPolicy" and cfg.policy.time_convention == "t0_noise_t1_data"
     obs = {"point_cloud": torch.rand(1, 2, 64, 3), "agent_pos": torch.rand(1, 2, 9)}
     assert policy.predict_action(obs)["action"].shape == (1, 8, 10)
-
-
-@pytest.fixture
-def original_checkpoint(tmp_path) -> str:
-    path = tmp_path / "original.ckpt"
-    with lzma.open(REPO_ROOT / "tests" / "fixtures" / "maniflow_original_tiny.ckpt.xz") as src, open(path, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return str(path)
 
 
 def _eval(args, tmp_path):

@@ -9,9 +9,7 @@ steps) and ``action_pred`` (all 16) with its EMA weights, for both time conventi
 """
 from __future__ import annotations
 
-import lzma
 import pathlib
-import shutil
 
 import numpy as np
 import pytest
@@ -22,14 +20,6 @@ from equi_diffpo.policy.maniflow.maniflow_pointcloud_policy import ManiFlowTrans
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def original_checkpoint(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("original") / "latest.ckpt"
-    with lzma.open(FIXTURES / "maniflow_original_tiny.ckpt.xz", "rb") as src, open(path, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -82,10 +82,11 @@ def _first_few(label: str, items: Sequence[str], limit: int = 3) -> str:
     return f"{label}: {', '.join(items[:limit])}{more}"
 
 
-def check_policy_config(ckpt_cfg: Mapping[str, Any], expected: Mapping[str, Any], path: str) -> None:
-    """Compare the checkpoint's policy config with ``expected`` (e.g. the task's dims)."""
-    diffs = [f"policy.{k}: checkpoint {ckpt_cfg.get(k)!r} vs requested {v!r}"
-             for k, v in expected.items() if ckpt_cfg.get(k) != v]
+def check_policy_config(actual: Mapping[str, Any], expected: Mapping[str, Any], path: str) -> None:
+    """Compare the checkpoint policy's ``actual`` settings (its ``task_dims()``: the U-Net records them as
+    ctor keys, the DiT-X derives them from ``shape_meta``) with ``expected`` (the task's dims)."""
+    diffs = [f"policy.{k}: checkpoint {actual.get(k)!r} vs requested {v!r}"
+             for k, v in expected.items() if actual.get(k) != v]
     if diffs:
         raise CheckpointError(f"checkpoint {path!r} was trained with a different policy config ({'; '.join(diffs)}): "
                               "use a checkpoint trained for this task_name")
@@ -128,9 +129,6 @@ def load_policy(path: str, device: str | torch.device = "cpu", expected_config: 
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     cfg = resolve_time_convention(cfg, time_convention, path)
-    policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
-    if expected_config:
-        check_policy_config(policy_cfg, expected_config, path)
     key = "ema_model" if prefer_ema and "ema_model" in payload["state_dicts"] else "model"
     if key not in payload["state_dicts"]:
         raise CheckpointError(f"checkpoint {path!r} has no 'model' or 'ema_model' state dict")
@@ -138,6 +136,8 @@ def load_policy(path: str, device: str | torch.device = "cpu", expected_config: 
         policy = hydra.utils.instantiate(cfg.policy)
     except hydra.errors.InstantiationException as err:
         raise CheckpointError(f"checkpoint {path!r}: cannot build its policy: {err.__cause__ or err}") from err
+    if expected_config:
+        check_policy_config(policy.task_dims(), expected_config, path)
     state = payload["state_dicts"][key]
     # The normalizer's fields depend on the dataset: create them from the checkpoint before comparing.
     policy.normalizer.load_state_dict({k[len("normalizer."):]: v for k, v in state.items() if k.startswith("normalizer.")})

@@ -61,6 +61,20 @@ def task_config(task_name: str, overrides: Sequence[str] = ()) -> "DictConfig":
     return compose_config("train_maniflow_pointcloud", [f"task={task_name}", *overrides]).task
 
 
+def written_by_original_code(ckpt_cfg: "DictConfig") -> bool:
+    """True for a checkpoint of the original ManiFlow code: its ``task`` is the original's (no ``point_cloud``
+    settings of ours), so the task to act in must be named (``task_name=...``) and given its observations."""
+    return "point_cloud" not in ckpt_cfg.get("task", {})
+
+
+def with_original_observations(task: "DictConfig") -> "DictConfig":
+    """Our ``task`` config with the original checkpoints' observation pipeline merged in
+    (``config/task/point_cloud/maniflow_original.yaml``: four depth cameras + colour, their crop, 1024 points)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(task, OmegaConf.load(CONFIG_DIR / "task" / "point_cloud" / "maniflow_original.yaml"))
+
+
 def route_task_name(argv: List[str] | None = None, select_group: bool = True) -> None:
     """Check ``task_name=X`` in ``argv`` (default ``sys.argv``) and, with ``select_group``, rewrite
     it into ``task=X task_name=X`` (configs without a task group, e.g. evaluation, only check it)."""

@@ -38,6 +38,15 @@ def rot6d_rows_to_columns(action: np.ndarray) -> np.ndarray:
     return np.concatenate([action[..., :3], matrix_to_rot6d(mat), action[..., 9:]], axis=-1)
 
 
+def env_rot6d(action: np.ndarray, action_rot6d: str) -> np.ndarray:
+    """A policy's (..., 10) action in its ``action_rot6d`` layout (``'rows'``: the original ManiFlow's,
+    ``'columns'``: ours) -> the action in our envs' layout (columns); the evaluator and the RL collector
+    both execute through it."""
+    if action_rot6d not in ("rows", "columns"):
+        raise ValueError(f"action_rot6d={action_rot6d!r}; use 'rows' or 'columns'")
+    return rot6d_rows_to_columns(action) if action_rot6d == "rows" else action
+
+
 def env_action_to_policy_action(action: np.ndarray) -> np.ndarray:
     """(..., 7) robosuite absolute action -> (..., 10) policy action."""
     mat = Rotation.from_rotvec(action[..., 3:6].reshape(-1, 3)).as_matrix().reshape(*action.shape[:-1], 3, 3)

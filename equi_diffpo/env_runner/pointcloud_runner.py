@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from equi_diffpo.common.seeding import batched_randn
-from equi_diffpo.env.rotation import rot6d_rows_to_columns
+from equi_diffpo.env.rotation import env_rot6d
 from equi_diffpo.env.vector_env import VectorEnv
 from equi_diffpo.env_runner.episode_loop import Episode, run_episodes
 
@@ -83,7 +83,7 @@ class PointCloudEnvRunner:
         device = next(policy.parameters()).device
         was_training = policy.training
         policy.eval()
-        rot6d_rows = getattr(policy, "action_rot6d", "columns") == "rows"
+        action_rot6d = getattr(policy, "action_rot6d", "columns")
 
         def policy_step(batch: Dict[str, np.ndarray], rngs: List[torch.Generator]) -> Dict[str, np.ndarray]:
             # One row at a time: CPU kernels pick their blocking by batch size, so a row's actions differ
@@ -92,9 +92,8 @@ class PointCloudEnvRunner:
             noise = self.noise_scale * batched_randn((policy.horizon, policy.action_dim), len(rngs), device, rngs)
             actions = [policy.predict_action(torch_obs({k: v[i:i + 1] for k, v in batch.items()}, device),
                                              noise[i:i + 1])["action"] for i in range(len(rngs))]
-            actions = torch.cat(actions).cpu().numpy()
             # Policies trained on the original ManiFlow / equidiff data store rot6d as matrix rows.
-            return {"action": rot6d_rows_to_columns(actions) if rot6d_rows else actions}
+            return {"action": env_rot6d(torch.cat(actions).cpu().numpy(), action_rot6d)}
 
         seeds = range(self.seed, self.seed + 2 * self.n_episodes + 10)
         with tqdm(total=self.n_episodes, desc=tag, unit="ep", leave=False) as bar:

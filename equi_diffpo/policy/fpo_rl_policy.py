@@ -51,6 +51,8 @@ class FPORLPolicy(RLPolicyBase):
 
     # The rollout's log_prob is a placeholder: PPOTrainer.update scores the batch before any step.
     defers_log_prob = True
+    # The U-Net policy's flow-matching branch (``velocity_net(x, t, dt=0, cond)`` on vector features).
+    base_requires = ("enable_flow_sampling",)
 
     def __init__(self, base_policy: ManiFlowPointcloudPolicy, fpo_mc_samples: int = 4):
         """``fpo_mc_samples``: (tau, eps) pairs per chunk for the CFM-loss ratio."""

@@ -29,16 +29,15 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn as nn
 
-from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
-from equi_diffpo.policy.rl_policy_base import (LogProbResult, RLPolicyBase, RLSample, chunk_correlated_terms,
-                                               gaussian_terms)
+from equi_diffpo.policy.rl_policy_base import (FlowPolicy, LogProbResult, RLPolicyBase, RLSample,
+                                               chunk_correlated_terms, gaussian_terms)
 
 
 class LatentNoisePolicy(RLPolicyBase):
     """Gives ``base`` a learnable noise prior (kept if it already has one, e.g. when fine-tuning an RL
     checkpoint again) and trains only it (+ the chunk-shared exploration std)."""
 
-    def __init__(self, base_policy: ManiFlowPointcloudPolicy, noise_prior_hidden: int = 256,
+    def __init__(self, base_policy: FlowPolicy, noise_prior_hidden: int = 256,
                  noise_prior_std_min: float = 0.1, noise_prior_chunk_shift: bool = True,
                  noise_prior_chunk_std: float = 0.5):
         """``noise_prior_*``: the prior's MLP width, std floor, one mean shift per action dim for the whole
@@ -86,8 +85,8 @@ class LatentNoisePolicy(RLPolicyBase):
             zeros = torch.zeros(x0.shape[0], device=x0.device)
             return zeros, zeros
         if self.chunk_log_std is None:
-            return gaussian_terms(x0, *self.base.noise_prior(cond))
-        return chunk_correlated_terms(x0, *self.base.noise_prior(cond), self.chunk_std())
+            return gaussian_terms(x0, *self.base.noise_prior_params(cond))
+        return chunk_correlated_terms(x0, *self.base.noise_prior_params(cond), self.chunk_std())
 
     def initial_chain_state(self, cond: torch.Tensor, deterministic: bool, noise: torch.Tensor | None,
                             generators: Sequence[torch.Generator] | None) -> torch.Tensor:

@@ -34,19 +34,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from equi_diffpo.model.noise_prior import ConditionalNoisePrior
 from equi_diffpo.model.normalizer import LinearNormalizer
 from equi_diffpo.model.pointnet_encoder import ObsEncoder
 from equi_diffpo.model.residual_head import ResidualHead
 from equi_diffpo.model.velocity_net import ConditionalUnet1D
+from equi_diffpo.policy.noise_prior_mixin import NoisePriorMixin
 
 TIME_CONVENTION = "t0_noise_t1_data"
 
 
-class ManiFlowPointcloudPolicy(nn.Module):
+class ManiFlowPointcloudPolicy(NoisePriorMixin, nn.Module):
     """See the module docstring. All ctor arguments are plain numbers/lists so hydra can build it."""
 
     time_convention = TIME_CONVENTION
+    action_rot6d = "columns"   # our datasets' rot6d layout: what the envs take
 
     def __init__(self, point_dim: int = 3, agent_pos_dim: int = 9, action_dim: int = 7,
                  horizon: int = 16, n_action_steps: int = 8, n_obs_steps: int = 2,
@@ -113,6 +114,10 @@ class ManiFlowPointcloudPolicy(nn.Module):
         ``ManiFlowPointcloudPolicy(**policy.get_policy_config())`` rebuilds the same architecture."""
         return {k: (list(v) if isinstance(v, list) else v) for k, v in self._config.items()}
 
+    def task_dims(self) -> Dict[str, int]:
+        """``point_dim``, ``agent_pos_dim``, ``action_dim``: what a task's envs must give and take."""
+        return {k: self._config[k] for k in ("point_dim", "agent_pos_dim", "action_dim")}
+
     def set_normalizer(self, normalizer: LinearNormalizer) -> None:
         """Copy ``normalizer``'s fields into ours (kept as the same module, so EMA copies match)."""
         self.normalizer.load_state_dict(normalizer.state_dict())
@@ -134,19 +139,14 @@ class ManiFlowPointcloudPolicy(nn.Module):
         """Raw obs -> conditioning ``(B, obs_encoder.output_dim)``."""
         return self.obs_encoder(self.normalize_obs(obs_dict))
 
-    def enable_noise_prior(self, hidden: int = 256, std_min: float = 0.1, chunk_shift: bool = False) -> None:
-        """Add a (still identity) learnable noise prior to a policy trained without one; recorded
-        in ``get_policy_config`` so checkpoints rebuild it. No-op if the policy already has one."""
-        if self.noise_prior is not None:
-            return
-        self._config.update(noise_prior=True, noise_prior_hidden=int(hidden), noise_prior_std_min=float(std_min),
-                            noise_prior_chunk_shift=bool(chunk_shift))
-        self.noise_prior = self._build_noise_prior().to(self.device)
+    @property
+    def cond_dim(self) -> int:
+        """Width of ``cond_features``: the obs encoder's output (the U-Net's global conditioning)."""
+        return self.obs_encoder.output_dim
 
-    def _build_noise_prior(self) -> ConditionalNoisePrior:
-        c = self._config
-        return ConditionalNoisePrior(self.obs_encoder.output_dim, c["horizon"], c["action_dim"],
-                                     c["noise_prior_hidden"], c["noise_prior_std_min"], c["noise_prior_chunk_shift"])
+    def cond_features(self, cond: torch.Tensor) -> torch.Tensor:
+        """``cond`` ``(B, cond_dim)`` as the RL heads read it: already one vector per sample."""
+        return cond
 
     def enable_residual(self, hidden: int = 256, scale: float = 0.1, std_init: float = 0.5,
                         std_min: float = 0.05, per_chunk: bool = False) -> None:
@@ -164,17 +164,6 @@ class ManiFlowPointcloudPolicy(nn.Module):
         return ResidualHead(self.obs_encoder.output_dim, c["action_dim"], c["n_action_steps"], c["n_obs_steps"] - 1,
                             c["residual_hidden"], c["residual_scale"], c["residual_std_init"], c["residual_std_min"],
                             c["residual_per_chunk"])
-
-    def initial_noise(self, cond: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """``x0`` ``(B, horizon, Da)`` for conditioning ``cond`` ``(B, cond_dim)``: ``noise`` (or a
-        fresh ``N(0, I)`` draw) itself, or ``mean + std * noise`` under a learned noise prior."""
-        if noise is None:
-            noise = torch.randn(cond.shape[0], self.horizon, self.action_dim, device=cond.device)
-        noise = noise.to(device=cond.device, dtype=cond.dtype)
-        if self.noise_prior is None:
-            return noise
-        mean, std = self.noise_prior(cond)
-        return mean + std * noise
 
     def step_size(self) -> float:
         """Euler step ``dt = 1 / num_inference_steps``."""

@@ -30,8 +30,7 @@ import torch.nn as nn
 
 from equi_diffpo.model.velocity_net import SinusoidalEmbedding
 from equi_diffpo.policy.latent_noise_policy import LatentNoisePolicy
-from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
-from equi_diffpo.policy.rl_policy_base import LogProbResult, RLPolicyBase, RLSample, gaussian_terms
+from equi_diffpo.policy.rl_policy_base import FlowPolicy, LogProbResult, RLPolicyBase, RLSample, gaussian_terms
 
 
 class NoiseHead(nn.Module):
@@ -56,6 +55,7 @@ class NoiseHead(nn.Module):
             nn.Linear(hidden, hidden), nn.Mish(), out)
 
     def forward(self, x: torch.Tensor, t: float, cond: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, horizon, Da)``, ``cond`` ``(B, cond_dim)`` (the policy's ``cond_features``)."""
         t_emb = self.time_embed(torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device))
         raw = self.net(torch.cat([x.flatten(1), t_emb, cond], dim=-1)).view_as(x)
         return self.sigma_min + (self.sigma_max - self.sigma_min) * torch.sigmoid(raw)
@@ -65,7 +65,7 @@ class NoisyChainPolicy(LatentNoisePolicy):
     """The latent policy's prior machinery (optional here) plus a noise head on every Euler step;
     the velocity net trains. ``state_dict`` = ``base.*`` + ``noise_head.*`` (+ ``chunk_log_std``)."""
 
-    def __init__(self, base_policy: ManiFlowPointcloudPolicy, sigma_min: float = 0.08, sigma_max: float = 0.14,
+    def __init__(self, base_policy: FlowPolicy, sigma_min: float = 0.08, sigma_max: float = 0.14,
                  noise_hidden: int = 128, normalize_by_dims: bool = False, learn_noise_prior: bool = False,
                  noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1,
                  noise_prior_chunk_shift: bool = False, noise_prior_chunk_std: float = 0.0):
@@ -76,7 +76,7 @@ class NoisyChainPolicy(LatentNoisePolicy):
         self._setup_prior(learn_noise_prior, noise_prior_hidden, noise_prior_std_min, noise_prior_chunk_shift,
                           noise_prior_chunk_std)
         self.normalize_by_dims = bool(normalize_by_dims)
-        self.noise_head = NoiseHead(base_policy.horizon, base_policy.action_dim, base_policy.obs_encoder.output_dim,
+        self.noise_head = NoiseHead(base_policy.horizon, base_policy.action_dim, base_policy.cond_dim,
                                     int(noise_hidden), sigma_min, sigma_max)
 
     def head_parameters(self) -> List[nn.Parameter]:
@@ -85,7 +85,8 @@ class NoisyChainPolicy(LatentNoisePolicy):
 
     def _transition(self, x: torch.Tensor, k: int, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and sigma ``(B, horizon, Da)`` of ``p(x_{k+1} | x_k)``."""
-        return self.base.euler_mean(x, k, cond), self.noise_head(x, k * self.base.step_size(), cond)
+        return (self.base.euler_mean(x, k, cond),
+                self.noise_head(x, k * self.base.step_size(), self.base.cond_features(cond)))
 
     def _normalizer_count(self) -> int:
         if not self.normalize_by_dims:

@@ -37,6 +37,8 @@ class ResidualRLPolicy(RLPolicyBase):
     """Wraps a pretrained base policy, gives it a residual head (kept if it already has one, e.g. when
     fine-tuning a residual checkpoint again). ``state_dict`` = ``base.*`` (residual head included)."""
 
+    base_requires = ("enable_residual",)   # the U-Net policy's residual head
+
     def __init__(self, base_policy: ManiFlowPointcloudPolicy, residual_hidden: int = 256,
                  residual_scale: float = 0.1, residual_std_init: float = 0.5, residual_std_min: float = 0.05,
                  residual_per_chunk: bool = False):

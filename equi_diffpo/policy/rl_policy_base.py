@@ -1,8 +1,13 @@
 """The interface every RL view of a pretrained ManiFlow policy offers the collector and the PPO trainer,
 and the Gaussian pieces they share.
 
-An RL policy wraps a :class:`ManiFlowPointcloudPolicy` (``base``: encoder, velocity net, normalizer) and
-makes it a stochastic policy PPO can score:
+An RL policy wraps a pretrained flow policy (``base``: encoder, velocity net, normalizer): our U-Net
+:class:`ManiFlowPointcloudPolicy` or the original ManiFlow DiT-X
+:class:`~equi_diffpo.policy.maniflow.maniflow_pointcloud_policy.ManiFlowTransformerPointcloudPolicy`. Both
+offer the same duck-typed pieces: ``encode_obs`` -> ``cond`` in the form their velocity net takes (a vector
+for the U-Net, visual tokens for the DiT-X), ``cond_features(cond)`` -> one vector for the RL heads,
+``initial_noise``/``enable_noise_prior``/``noise_prior_params``, ``euler_mean``, ``decode_actions``,
+``velocity_net``. The RL view makes the base a stochastic policy PPO can score:
 
 * ``sample_actions(obs, deterministic, noise, generators) -> RLSample``: executed actions, the stored
   ``chains`` that ``get_log_prob`` scores, and their log-prob at sampling time;
@@ -21,16 +26,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch.distributions import LowRankMultivariateNormal
 
+import numpy as np
+
 from equi_diffpo.common.seeding import batched_randn
+from equi_diffpo.env.rotation import env_rot6d
+from equi_diffpo.policy.maniflow.maniflow_pointcloud_policy import ManiFlowTransformerPointcloudPolicy
 from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+# The pretrained policies an RL view can wrap (see the module docstring).
+FlowPolicy = Union[ManiFlowPointcloudPolicy, ManiFlowTransformerPointcloudPolicy]
 
 
 @dataclass
@@ -76,12 +87,28 @@ class RLPolicyBase(nn.Module):
     # True: ``sample_actions`` leaves ``log_prob`` as a placeholder and PPOTrainer.update scores the batch
     # before its first step (for methods whose log-prob is costly per env step; see fpo_rl_policy.py).
     defers_log_prob = False
+    # Methods of ``base`` this view needs beyond the shared pieces; a policy without them cannot be wrapped
+    # (checked by :func:`~equi_diffpo.policy.rl_policy_factory.build_rl_policy`, which names the choices that fit).
+    base_requires: Tuple[str, ...] = ()
 
-    def __init__(self, base_policy: ManiFlowPointcloudPolicy):
+    def __init__(self, base_policy: FlowPolicy):
         super().__init__()
         self.base = base_policy
         start = base_policy.n_obs_steps - 1
         self.exec_slice = slice(start, start + base_policy.n_action_steps)
+
+    def train(self, mode: bool = True) -> "RLPolicyBase":
+        """Train mode for the RL view's own heads; the base always stays in eval mode. Why: a rollout's chain
+        is sampled in eval mode and PPO's ratio needs the scorer to be the same function (ratio exactly 1
+        before any step), so the DiT-X's attention dropout must stay off during the update too."""
+        super().train(mode)
+        self.base.eval()
+        return self
+
+    def env_actions(self, action: torch.Tensor) -> np.ndarray:
+        """Raw policy actions ``(B, n_action_steps, Da)`` -> what our envs execute: rot6d as matrix columns
+        (a policy trained on the original's data predicts rows). Stored chains keep the policy's own layout."""
+        return env_rot6d(action.cpu().numpy(), self.base.action_rot6d)
 
     def head_parameters(self) -> List[nn.Parameter]:
         """Parameters added for RL (zero-initialised heads): trained at ``ppo_trainer.head_lr``."""
@@ -98,8 +125,13 @@ class RLPolicyBase(nn.Module):
         return self.base.normalize_obs(obs_dict)
 
     def encode_obs(self, obs_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Raw obs -> conditioning ``cond`` ``(B, cond_dim)`` (normalized by the policy's normalizer)."""
+        """Raw obs -> the velocity net's conditioning ``cond`` (normalized by the policy's normalizer):
+        ``(B, cond_dim)`` for the U-Net, visual tokens ``(B, n_obs_steps * N, D)`` for the DiT-X."""
         return self.base.encode_obs(obs_dict)
+
+    def cond_features(self, cond: torch.Tensor) -> torch.Tensor:
+        """``cond`` -> one vector ``(B, base.cond_dim)`` per sample (what the heads and critics read)."""
+        return self.base.cond_features(cond)
 
     def predict_action(self, obs_dict: Dict[str, torch.Tensor],
                        noise: torch.Tensor | None = None) -> Dict[str, torch.Tensor]:

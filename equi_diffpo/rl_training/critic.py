@@ -21,9 +21,11 @@ import torch
 import torch.nn as nn
 
 from equi_diffpo.common.checkpoint_io import CheckpointError
+from equi_diffpo.common.errors import ConfigError
 from equi_diffpo.env.robosuite_env import privileged_obs_dim
 from equi_diffpo.model.normalizer import LinearNormalizer
 from equi_diffpo.model.value_head import ValueHead, value_mlp
+from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
 
 # Each critic kind's keys (besides ``encoder``), as its ``config/critic/<kind>.yaml`` gives them.
 CRITIC_KEYS = {"policy": {"hidden"}, "privileged": {"hidden"},
@@ -61,7 +63,9 @@ class NormalizedCritic(_NamedCritic):
 
 
 class PolicyFeatureCritic(_NamedCritic):
-    """Value MLP on ``policy.encode_obs(obs)`` ``(B, feature_dim)``; its ``state_dict`` is the MLP only.
+    """Value MLP on ``policy.cond_features(policy.encode_obs(obs))`` ``(B, feature_dim)``; its ``state_dict``
+    is the MLP only. The cached features are the policy's ``cond`` itself (a vector for the U-Net, tokens
+    for the DiT-X), reduced to one vector here.
 
     The policy is referenced, not registered as a submodule, so its parameters are neither in this
     critic's ``parameters()`` (the critic optimizer) nor in its ``state_dict`` (saved with the policy).
@@ -83,8 +87,8 @@ class PolicyFeatureCritic(_NamedCritic):
 
     @torch.no_grad()
     def encode_obs(self, obs_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """obs_dict raw -> the policy's features ``(B, feature_dim)``, without a graph (the value loss
-        never trains the policy's encoder)."""
+        """obs_dict raw -> the policy's ``cond`` (``(B, feature_dim)`` for the U-Net, tokens for the DiT-X),
+        without a graph (the value loss never trains the policy's encoder)."""
         return self.policy.encode_obs(obs_dict)
 
     def forward(self, obs_dict: Dict[str, torch.Tensor] | None, features: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,7 +96,7 @@ class PolicyFeatureCritic(_NamedCritic):
         ``features``: ``encode_obs(obs_dict)`` computed beforehand (``obs_dict`` is then not read)."""
         if features is None:
             features = self.encode_obs(obs_dict)
-        return self.mlp(features).squeeze(-1)
+        return self.mlp(self.policy.cond_features(features)).squeeze(-1)
 
 
 class PrivilegedCritic(_NamedCritic):
@@ -162,9 +166,13 @@ def build_critic(critic_cfg: Mapping[str, Any], policy: nn.Module, base: nn.Modu
                          f"with critic=<kind> ({', '.join(CRITIC_ENCODERS)}), whose yaml has that kind's keys")
     init_from_policy = cfg.pop("init_encoder_from_policy", True)
     if encoder == "policy":
-        return PolicyFeatureCritic(policy, base.obs_encoder.output_dim, cfg["hidden"])
+        return PolicyFeatureCritic(policy, base.cond_dim, cfg["hidden"])
     if encoder == "privileged":
         return PrivilegedCritic(task["agent_pos_dim"], privileged_obs_dim(task["name"]), cfg["hidden"])
+    if not isinstance(base, ManiFlowPointcloudPolicy):
+        # ValueHead copies the U-Net policy's encoder and normalizer (point_cloud + agent_pos fields).
+        raise ConfigError(f"critic=own builds on the U-Net policy's encoder and normalizer; for "
+                          f"{type(base).__name__} choose critic=<one of ['privileged', 'policy']>")
     value_head = ValueHead(task["point_dim"], task["agent_pos_dim"], n_obs_steps, **cfg,
                            obs_encoder=base.obs_encoder if init_from_policy else None)
     return NormalizedCritic(value_head, base.normalizer, n_obs_steps)

@@ -80,7 +80,7 @@ class PPOBatch:
     obs: {'point_cloud': (B, To, N, C), 'agent_pos': (B, To, 9)}; chains: (B, K+1, H, Da), the
     sampled flow chain that get_log_prob scores; log_probs/values: (B,) from the rollout
     (pre-update "old" policy and critic); advantages/returns: (B,) from compute_gae.
-    cond (B, cond_dim) / critic_features (B, F): frozen encoders' outputs, filled in by
+    cond (B, cond_dim), or the DiT-X's tokens (B, L, D) / critic_features (B, F): frozen encoders' outputs, filled in by
     `PPOTrainer.update` (None: the module encodes `obs` itself in every minibatch).
     """
     obs: Dict[str, torch.Tensor]

@@ -86,7 +86,7 @@ class RLRolloutCollector:
         def policy_step(batch: Dict[str, np.ndarray], rngs: List[torch.Generator]) -> Dict[str, np.ndarray]:
             obs = torch_obs(batch, device)
             sample = policy.sample_actions(obs, generators=rngs)
-            return {"action": sample.action.cpu().numpy(), "chains": sample.chains.cpu().numpy(),
+            return {"action": policy.env_actions(sample.action), "chains": sample.chains.cpu().numpy(),
                     "log_prob": sample.log_prob.cpu().numpy(), "value": critic(obs).cpu().numpy()}
 
         start = time.time()

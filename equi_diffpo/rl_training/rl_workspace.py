@@ -4,6 +4,10 @@ Saved state (``<run_dir>/checkpoints/{latest,epoch_XXXX}.ckpt``, atomic): the fi
 policy as ``model`` (so ``scripts/eval_policy.py`` loads it like a BC checkpoint), the RL policy
 (base + noise head), critic, PPO optimizers/schedulers, reward scaler, cfg, epoch and env-step
 counter. ``training.resume=true`` (default) continues from ``latest.ckpt`` in the run dir.
+
+The pretrained policy is either ManiFlow policy (U-Net or DiT-X, see :mod:`equi_diffpo.policy.rl_policy_base`).
+A checkpoint of the original ManiFlow code acts in ``task_name``'s env with the original's observation
+pipeline (merged into ``task``, so this run's checkpoints record it) and needs ``time_convention=...``.
 """
 from __future__ import annotations
 
@@ -12,12 +16,13 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
-from equi_diffpo.common.checkpoint_io import CheckpointError, load_policy
+from equi_diffpo.common.checkpoint_io import CheckpointError, check_policy_config, load_policy
 from equi_diffpo.common.config_checks import RL_RULES, check_config, check_minibatch_fits
 from equi_diffpo.common.distributed import DistInfo, broadcast_module, cleanup_distributed, init_distributed
+from equi_diffpo.common.hydra_cli import with_original_observations, written_by_original_code
 from equi_diffpo.common.interrupt import InterruptGuard, raise_if_interrupted
 from equi_diffpo.common.run_logger import RunLogger
 from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
@@ -65,10 +70,17 @@ class RLWorkspace(BaseWorkspace):
         set_seed(cfg.training.seed + self.dist.rank)
         self.env_steps = 0
         self.start_success: Optional[float] = None   # validation success before RL (kept on resume)
+        base, ckpt_cfg, _ = load_policy(cfg.pretrained_policy_path, self.device, time_convention=cfg.time_convention)
+        if written_by_original_code(ckpt_cfg):   # its task is not ours: act in task_name's env, as it observed
+            with open_dict(cfg):
+                cfg.task = with_original_observations(cfg.task)
+            print(f"original ManiFlow checkpoint: acting in {cfg.task.name} with its observation pipeline "
+                  "(task/point_cloud/maniflow_original)")
+        else:
+            check_checkpoint_task(ckpt_cfg, cfg, cfg.pretrained_policy_path)
         task = cfg.task
-        base, ckpt_cfg, _ = load_policy(cfg.pretrained_policy_path, self.device, expected_config={
-            "point_dim": task.point_dim, "agent_pos_dim": task.agent_pos_dim, "action_dim": task.action_dim})
-        check_checkpoint_task(ckpt_cfg, cfg, cfg.pretrained_policy_path)
+        check_policy_config(base.task_dims(), {"point_dim": task.point_dim, "agent_pos_dim": task.agent_pos_dim,
+                                               "action_dim": task.action_dim}, cfg.pretrained_policy_path)
         check_minibatch_fits(cfg, base.n_action_steps)
         self.model = base
         self.pretrained_policy_cfg = OmegaConf.to_container(ckpt_cfg.policy, resolve=True)

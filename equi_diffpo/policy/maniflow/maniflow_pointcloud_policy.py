@@ -47,6 +47,7 @@ from equi_diffpo.model.diffusion.ditx import DiTX
 from equi_diffpo.model.equidiff_normalizer import EquidiffNormalizer
 from equi_diffpo.model.vision_3d.pointnet_extractor import DP3Encoder
 from equi_diffpo.policy.maniflow.time_convention import get_time_convention
+from equi_diffpo.policy.noise_prior_mixin import NOISE_PRIOR_DEFAULTS, NoisePriorMixin
 
 ROBOSUITE_STATE_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 # Panda: hand body orientation = grip site orientation * Rz(+90 deg) (xyzw; measured, tests/test_maniflow_env.py).
@@ -83,8 +84,13 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
-class ManiFlowTransformerPointcloudPolicy(nn.Module):
-    """See the module docstring. ``time_convention`` must be given (no default on purpose)."""
+class ManiFlowTransformerPointcloudPolicy(NoisePriorMixin, nn.Module):
+    """See the module docstring. ``time_convention`` must be given (no default on purpose).
+
+    ``noise_prior*`` (not the original's keys): a learnable
+    :class:`~equi_diffpo.model.noise_prior.ConditionalNoisePrior` on ``x0``, added by RL fine-tuning and
+    recorded in the RL checkpoint's ``cfg.policy`` (see :mod:`equi_diffpo.policy.noise_prior_mixin`).
+    """
 
     def __init__(self, shape_meta: Mapping[str, Any], horizon: int, n_action_steps: int, n_obs_steps: int,
                  num_inference_steps: int = 10, time_convention: Optional[str] = None,
@@ -95,7 +101,11 @@ class ManiFlowTransformerPointcloudPolicy(nn.Module):
                  pointcloud_encoder_cfg: Optional[Mapping[str, Any]] = None, downsample_points: bool = False,
                  state_keys: Optional[Sequence[str]] = None, flow_batch_ratio: float = 0.75,
                  consistency_batch_ratio: float = 0.25, denoise_timesteps: int = 10,
-                 sample_t_mode_flow: str = "beta", action_rot6d: str = "rows", **options: Any):
+                 sample_t_mode_flow: str = "beta", action_rot6d: str = "rows",
+                 noise_prior: bool = NOISE_PRIOR_DEFAULTS["noise_prior"],
+                 noise_prior_hidden: int = NOISE_PRIOR_DEFAULTS["noise_prior_hidden"],
+                 noise_prior_std_min: float = NOISE_PRIOR_DEFAULTS["noise_prior_std_min"],
+                 noise_prior_chunk_shift: bool = NOISE_PRIOR_DEFAULTS["noise_prior_chunk_shift"], **options: Any):
         super().__init__()
         self.time = get_time_convention(time_convention)
         for key, value in options.items():
@@ -137,6 +147,29 @@ class ManiFlowTransformerPointcloudPolicy(nn.Module):
         self.sample_t_mode_flow = sample_t_mode_flow
         self.time_convention = self.time.name
         self.action_rot6d = action_rot6d
+        self._task_dims = {"point_dim": int(obs_meta["point_cloud"]["shape"][-1]),
+                           "agent_pos_dim": sum(low_dim[k] for k in self.state_keys), "action_dim": self.action_dim}
+        # What RL may change or the loader states, beyond the checkpoint's own cfg.policy (get_policy_config).
+        self._config = dict(time_convention=self.time.name, noise_prior=bool(noise_prior),
+                            noise_prior_hidden=int(noise_prior_hidden), noise_prior_std_min=float(noise_prior_std_min),
+                            noise_prior_chunk_shift=bool(noise_prior_chunk_shift))
+        self.noise_prior = self._build_noise_prior() if noise_prior else None
+        self.residual_head = None   # residual RL (rl_policy=residual) is for the U-Net policy only
+
+    def get_policy_config(self) -> Dict[str, Any]:
+        """The ctor kwargs RL adds (noise prior) or the loader states (``time_convention``): merged over the
+        pretrained checkpoint's ``cfg.policy``, they rebuild this policy (the RL workspace's checkpoints)."""
+        return dict(self._config)
+
+    def task_dims(self) -> Dict[str, int]:
+        """``point_dim`` (channels of ``shape_meta``'s point cloud), ``agent_pos_dim`` (the state keys' widths
+        summed: 9 for our ``agent_pos`` or the three robosuite keys it is split into) and ``action_dim``."""
+        return dict(self._task_dims)
+
+    @property
+    def velocity_net(self) -> DiTX:
+        """The flow's velocity network under the name the RL views freeze or train (``model`` in checkpoints)."""
+        return self.model
 
     @property
     def device(self) -> torch.device:
@@ -170,6 +203,21 @@ class ManiFlowTransformerPointcloudPolicy(nn.Module):
         tokens = self.obs_encoder({k: v.flatten(0, 1) for k, v in nobs.items()})   # (B * To, N, D)
         return tokens.reshape(batch, -1, tokens.shape[-1])
 
+    @property
+    def cond_dim(self) -> int:
+        """Width of :meth:`cond_features`: ``n_obs_steps * obs_encoder.output_dim``."""
+        return self.n_obs_steps * self.obs_encoder.output_dim
+
+    def cond_features(self, cond: torch.Tensor) -> torch.Tensor:
+        """Visual tokens ``(B, n_obs_steps * N, D)`` -> one vector ``(B, n_obs_steps * D)`` for the RL heads
+        (noise prior, chain noise head, policy-feature critic), which take a vector, not a sequence.
+
+        Max over each frame's points, frames concatenated: DP3's own global feature (its non-pointwise
+        encoder max-pools the same per-point features), and the state features, repeated on every point
+        token, come through unchanged. With a non-pointwise encoder (one token per frame) it is the identity.
+        """
+        return cond.reshape(cond.shape[0], self.n_obs_steps, -1, cond.shape[-1]).amax(dim=2).flatten(1)
+
     # ----- sampling -----
     def step_size(self) -> float:
         return 1.0 / self.num_inference_steps
@@ -191,11 +239,10 @@ class ManiFlowTransformerPointcloudPolicy(nn.Module):
     @torch.no_grad()
     def predict_action(self, obs_dict: Mapping[str, torch.Tensor],
                        noise: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """Raw obs -> raw actions. ``noise`` ``(B, horizon, Da)``: the initial N(0, I) draw (fresh if None)."""
+        """Raw obs -> raw actions. ``noise`` ``(B, horizon, Da)``: the initial N(0, I) draw (fresh if None),
+        pushed through the noise prior when RL gave the policy one."""
         cond = self.encode_obs(obs_dict)
-        if noise is None:
-            noise = torch.randn(cond.shape[0], self.horizon, self.action_dim, device=cond.device)
-        x = noise.to(device=cond.device, dtype=cond.dtype)
+        x = self.initial_noise(cond, noise)
         for k in range(self.num_inference_steps):
             x = self.euler_mean(x, k, cond)
         return self.decode_actions(x)

@@ -105,6 +105,7 @@ def get_time_convention(name: str | None) -> TimeConvention:
         raise ValueError(
             f"time_convention={name!r}: state the flow-time direction the weights were trained with, one of "
             f"{sorted(CONVENTIONS)} ('t0_noise_t1_data' = upstream ManiFlow; 't1_noise_t0_data' = the seed RL fork "
-            "from 2026-01-10). Original checkpoints do not record it: pass policy.time_convention=... (or "
-            "time_convention=... to the loader).")
+            "from 2026-01-10). Original checkpoints do not record it: pass time_convention=... "
+            "(scripts/eval_policy.py, scripts/train_rl.py, test_rl_rollout.py; or policy.time_convention=... "
+            "in a policy config).")
     return CONVENTIONS[name]()
