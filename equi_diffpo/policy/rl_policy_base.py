@@ -28,11 +28,10 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.distributions import LowRankMultivariateNormal
-
-import numpy as np
 
 from equi_diffpo.common.seeding import batched_randn
 from equi_diffpo.env.rotation import env_rot6d
