@@ -89,7 +89,7 @@ class PointCloudEnvRunner:
             # One row at a time: CPU kernels pick their blocking by batch size, so a row's actions differ
             # in the last bits with the batch it shares (measured ~1e-6), and contact physics grows that
             # into a different episode. Per row, an episode's result is independent of n_envs.
-            noise = self.noise_scale * batched_randn((policy.horizon, policy.action_dim), len(rngs), device, rngs)
+            noise = self.noise_scale * batched_randn(policy.noise_shape, len(rngs), device, rngs)
             actions = [policy.predict_action(torch_obs({k: v[i:i + 1] for k, v in batch.items()}, device),
                                              noise[i:i + 1])["action"] for i in range(len(rngs))]
             # Policies trained on the original ManiFlow / equidiff data store rot6d as matrix rows.

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from equi_diffpo.model.chunk_selector import ChunkSelector
 from equi_diffpo.model.normalizer import LinearNormalizer
 from equi_diffpo.model.pointnet_encoder import ObsEncoder
 from equi_diffpo.model.residual_head import ResidualHead
@@ -61,14 +62,17 @@ class ManiFlowPointcloudPolicy(NoisePriorMixin, nn.Module):
                  noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1,
                  noise_prior_chunk_shift: bool = False, residual: bool = False, residual_hidden: int = 256,
                  residual_scale: float = 0.1, residual_std_init: float = 0.5, residual_std_min: float = 0.05,
-                 residual_per_chunk: bool = False, flow_sampling: bool = False):
+                 residual_per_chunk: bool = False, flow_sampling: bool = False, selector: bool = False,
+                 selector_candidates: int = 16, selector_hidden: int = 256):
         """``noise_prior``: draw ``x0`` from a learnable :class:`ConditionalNoisePrior` instead of
         ``N(0, I)`` (added by RL fine-tuning; identical to ``N(0, I)`` until trained). ``residual``: add a
         :class:`ResidualHead`'s mean correction to the executed actions (added by residual RL; zero until
         trained). ``flow_sampling``: integrate the instantaneous velocity (``dt = 0`` passed to the net, the
         flow-matching branch) instead of the consistency branch's average velocity over each step; set by
         ``rl_policy=fpo``, whose flow-matching ratio trains that branch (on the shipped lift_d0 checkpoint both
-        samplers give the same success: 0.34 vs 0.36 over 50 episodes at K=2)."""
+        samplers give the same success: 0.34 vs 0.36 over 50 episodes at K=2). ``selector``: draw
+        ``selector_candidates`` chunks and execute the one a :class:`ChunkSelector` scores highest (added by
+        ``rl_policy=select``; until trained every score is 0 and the first draw is taken)."""
         super().__init__()
         if time_convention != TIME_CONVENTION:
             raise ValueError(f"this policy integrates {TIME_CONVENTION!r}; a config/checkpoint with "
@@ -90,7 +94,8 @@ class ManiFlowPointcloudPolicy(NoisePriorMixin, nn.Module):
             noise_prior_chunk_shift=bool(noise_prior_chunk_shift), residual=bool(residual),
             residual_hidden=int(residual_hidden), residual_scale=float(residual_scale),
             residual_std_init=float(residual_std_init), residual_std_min=float(residual_std_min),
-            residual_per_chunk=bool(residual_per_chunk), flow_sampling=bool(flow_sampling))
+            residual_per_chunk=bool(residual_per_chunk), flow_sampling=bool(flow_sampling), selector=bool(selector),
+            selector_candidates=int(selector_candidates), selector_hidden=int(selector_hidden))
         c = self._config
         self.action_dim, self.horizon = c["action_dim"], c["horizon"]
         self.n_action_steps, self.n_obs_steps = c["n_action_steps"], c["n_obs_steps"]
@@ -107,6 +112,9 @@ class ManiFlowPointcloudPolicy(NoisePriorMixin, nn.Module):
                                               c["n_groups"], c["prediction"])
         self.noise_prior = self._build_noise_prior() if c["noise_prior"] else None
         self.residual_head = self._build_residual_head() if c["residual"] else None
+        self.chunk_selector = self._build_chunk_selector() if c["selector"] else None
+        if self.chunk_selector is not None and self.residual_head is not None:
+            raise ValueError("a policy takes a chunk selector or a residual head, not both")
 
     # ----- configuration / normalizer -----
     def get_policy_config(self) -> Dict[str, Any]:
@@ -165,6 +173,40 @@ class ManiFlowPointcloudPolicy(NoisePriorMixin, nn.Module):
                             c["residual_hidden"], c["residual_scale"], c["residual_std_init"], c["residual_std_min"],
                             c["residual_per_chunk"])
 
+    def enable_chunk_selector(self, n_candidates: int = 16, hidden: int = 256) -> None:
+        """Add a (still uniform) chunk selector to a policy trained without one; recorded in
+        ``get_policy_config`` so checkpoints rebuild it. No-op if the policy already has one."""
+        if self.chunk_selector is not None:
+            return
+        if self.residual_head is not None:
+            raise ValueError("this policy has a residual head; chunk selection would ignore it: fine-tune it "
+                             "with rl_policy=residual")
+        self._config.update(selector=True, selector_candidates=int(n_candidates), selector_hidden=int(hidden))
+        self.chunk_selector = self._build_chunk_selector().to(self.device)
+
+    def _build_chunk_selector(self) -> ChunkSelector:
+        c = self._config
+        return ChunkSelector(self.obs_encoder.output_dim, c["action_dim"], c["n_action_steps"], c["n_obs_steps"] - 1,
+                             c["selector_candidates"], c["selector_hidden"])
+
+    @property
+    def noise_shape(self) -> tuple:
+        """Shape of one observation's standard-normal draw for :meth:`predict_action`: ``(horizon, Da)``, or
+        ``(N, horizon, Da)`` with a chunk selector (one ``x0`` per candidate)."""
+        if self.chunk_selector is not None:
+            return (self.chunk_selector.n_candidates, self.horizon, self.action_dim)
+        return (self.horizon, self.action_dim)
+
+    def candidate_chunks(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The deterministic flow from each of ``N`` draws: cond ``(B, cond_dim)``, noise ``(B, N, horizon, Da)``
+        standard normal -> final normalized chunks ``(B, N, horizon, Da)`` (unclamped)."""
+        B, N = noise.shape[:2]
+        cond_rep = cond.repeat_interleave(N, dim=0)
+        x = self.initial_noise(cond_rep, noise.flatten(0, 1))
+        for k in range(self.num_inference_steps):
+            x = self.euler_mean(x, k, cond_rep)
+        return x.view(B, N, self.horizon, self.action_dim)
+
     def step_size(self) -> float:
         """Euler step ``dt = 1 / num_inference_steps``."""
         return 1.0 / self.num_inference_steps
@@ -201,11 +243,18 @@ class ManiFlowPointcloudPolicy(NoisePriorMixin, nn.Module):
                        noise: torch.Tensor | None = None) -> Dict[str, torch.Tensor]:
         """Raw obs dict -> ``{'action': (B, n_action_steps, Da), 'action_pred': (B, horizon, Da)}``.
 
-        ``noise`` ``(B, horizon, Da)`` is the standard-normal draw behind ``x0`` (``x0`` itself
+        ``noise`` ``(B, *noise_shape)`` is the standard-normal draw behind ``x0`` (``x0`` itself
         without a noise prior); given it, the output is deterministic. With a residual head its mean
-        correction is added to the executed steps (the exploration noise is RL's only).
+        correction is added to the executed steps (the exploration noise is RL's only); with a chunk
+        selector the highest-scored of the candidates is executed (the first on a tie).
         """
         cond = self.encode_obs(obs_dict)
+        if self.chunk_selector is not None:
+            if noise is None:
+                noise = torch.randn(cond.shape[0], *self.noise_shape, device=cond.device)
+            candidates = self.candidate_chunks(cond, noise.to(device=cond.device, dtype=cond.dtype))
+            best = self.chunk_selector(cond, candidates).argmax(dim=1)
+            return self.decode_actions(candidates[torch.arange(cond.shape[0], device=cond.device), best])
         x = self.initial_noise(cond, noise)
         for k in range(self.num_inference_steps):
             x = self.euler_mean(x, k, cond)

@@ -41,6 +41,11 @@ class NoisePriorMixin:
                             noise_prior_chunk_shift=bool(chunk_shift))
         self.noise_prior = self._build_noise_prior().to(self.device)
 
+    @property
+    def noise_shape(self) -> tuple:
+        """Shape of one observation's standard-normal draw for ``predict_action``: ``(horizon, Da)``."""
+        return (self.horizon, self.action_dim)
+
     def noise_prior_params(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, std)`` of ``x0``, each ``(B, horizon, Da)``, for the velocity net's conditioning ``cond``."""
         return self.noise_prior(self.cond_features(cond))
