@@ -8,10 +8,10 @@ processes, no validation) in each of these settings, one after the other in this
 * ``before``: robosuite's stock controller loop (``task.fast_control=false``), encoders re-run in every
   PPO minibatch (``rl_training.ppo_trainer.cache_features=false``) and the critic with its own trainable
   point-cloud encoder (``critic=own``): the defaults until 2026-11-30;
-* ``previous``: the defaults of 2026-12-02 as far as a key restores them: a point cloud for every env step
-  (``task.skip_unread_clouds=false``);
+* ``previous``: the defaults of 2026-12-02 as far as keys restore them: a point cloud for every env step
+  (``task.skip_unread_clouds=false``) and the PPO update on torch's default threads (``rl_training.update_threads=null``);
 * ``now``: the current defaults (compiled control loop, clouds only for the frames the policy reads,
-  features cached once per batch, privileged critic).
+  features cached once per batch, privileged critic, a one-thread PPO update).
 
 Prints per setting the mean rollout / update seconds per epoch, env steps per second of the collector,
 the update's share of the epoch, and the first/last setting ratio; the same numbers are in each run's
@@ -33,7 +33,7 @@ from equi_diffpo.rl_training.rl_workspace import RLWorkspace
 DEFAULTS: Dict[str, str] = {"n_epochs": "2", "settings": "before,previous,now", "output": ""}
 SETTINGS: Dict[str, List[str]] = {
     "before": ["task.fast_control=false", "rl_training.ppo_trainer.cache_features=false", "critic=own"],
-    "previous": ["task.skip_unread_clouds=false"],
+    "previous": ["task.skip_unread_clouds=false", "rl_training.update_threads=null"],
     "now": [],
 }
 
