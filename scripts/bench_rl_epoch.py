@@ -1,17 +1,20 @@
 """Wall time of one RL epoch (the README main command's settings) before and after the throughput work.
 
-Usage: ``python scripts/bench_rl_epoch.py [n_epochs=2] [output=bench_rl_epoch.json]``
+Usage: ``python scripts/bench_rl_epoch.py [n_epochs=2] [settings=before,previous,now] [output=bench_rl_epoch.json]``
 
 Runs ``n_epochs`` RL epochs of the default config (lift_d0, shipped checkpoint, 32 episodes, 2 env worker
-processes, no validation) in two settings, one after the other in this process:
+processes, no validation) in each of these settings, one after the other in this process:
 
 * ``before``: robosuite's stock controller loop (``task.fast_control=false``), encoders re-run in every
   PPO minibatch (``rl_training.ppo_trainer.cache_features=false``) and the critic with its own trainable
   point-cloud encoder (``critic=own``): the defaults until 2026-11-30;
-* ``after``: the current defaults (compiled control loop, features cached once per batch, privileged critic).
+* ``previous``: the defaults of 2026-12-02 as far as keys restore them: a point cloud for every env step
+  (``task.skip_unread_clouds=false``) and the PPO update on torch's default threads (``rl_training.update_threads=null``);
+* ``now``: the current defaults (compiled control loop, clouds only for the frames the policy reads,
+  features cached once per batch, privileged critic, a one-thread PPO update).
 
 Prints per setting the mean rollout / update seconds per epoch, env steps per second of the collector,
-the update's share of the epoch, and the before/after ratio; the same numbers are in each run's
+the update's share of the epoch, and the first/last setting ratio; the same numbers are in each run's
 ``metrics.jsonl`` (``perf/rollout_seconds``, ``perf/update_seconds``).
 """
 from __future__ import annotations
@@ -27,10 +30,11 @@ import numpy as np
 from equi_diffpo.common.hydra_cli import compose_config, parse_key_values
 from equi_diffpo.rl_training.rl_workspace import RLWorkspace
 
-DEFAULTS: Dict[str, str] = {"n_epochs": "2", "output": ""}
+DEFAULTS: Dict[str, str] = {"n_epochs": "2", "settings": "before,previous,now", "output": ""}
 SETTINGS: Dict[str, List[str]] = {
     "before": ["task.fast_control=false", "rl_training.ppo_trainer.cache_features=false", "critic=own"],
-    "after": [],
+    "previous": ["task.skip_unread_clouds=false", "rl_training.update_threads=null"],
+    "now": [],
 }
 
 
@@ -53,15 +57,19 @@ def epoch_times(overrides: List[str], n_epochs: int) -> Dict[str, float]:
 
 def main(argv: List[str]) -> None:
     args = parse_key_values(argv, DEFAULTS)
-    results = {name: epoch_times(overrides, int(args["n_epochs"])) for name, overrides in SETTINGS.items()}
+    names = [n for n in args["settings"].split(",") if n]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown or not names:
+        raise SystemExit(f"settings={args['settings']!r}: use a comma-separated subset of {','.join(SETTINGS)}")
+    results = {name: epoch_times(SETTINGS[name], int(args["n_epochs"])) for name in names}
     print(f"| setting | rollout s | update s | epoch s | update share | collector env steps/s |  (load avg {os.getloadavg()[0]:.1f})")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         print(f"| {name} | {r['rollout_s']:.1f} | {r['update_s']:.1f} | {r['epoch_s']:.1f} | {r['update_share']:.0%} "
               f"| {r['env_steps_per_s']:.0f} |")
-    b, a = results["before"], results["after"]
-    print(f"epoch {b['epoch_s'] / a['epoch_s']:.1f}x faster, update {b['update_s'] / a['update_s']:.1f}x, "
-          f"rollout {b['rollout_s'] / a['rollout_s']:.1f}x")
+    b, a = results[names[0]], results[names[-1]]
+    print(f"{names[-1]} vs {names[0]}: epoch {b['epoch_s'] / a['epoch_s']:.2f}x faster, "
+          f"update {b['update_s'] / a['update_s']:.2f}x, rollout {b['rollout_s'] / a['rollout_s']:.2f}x")
     if args["output"]:
         with open(args["output"], "w") as f:
             json.dump(results, f, indent=2)

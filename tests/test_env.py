@@ -247,3 +247,63 @@ def test_chunk_step_equals_single_steps():
     finally:
         chunked.close()
         single.close()
+
+
+def wobble_actions(agent_pos: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 10) policy actions: hold the pose of ``agent_pos`` (9,) plus noise, so frames differ."""
+    actions = np.stack([hold_pose_action(agent_pos)] * n)
+    actions[:, :3] += rng.normal(0, 0.02, (n, 3))
+    actions[:, 3:9] += rng.normal(0, 0.05, (n, 6))
+    return actions
+
+
+def test_skipping_unread_clouds_returns_the_same_chunks():
+    """``skip_unread_clouds`` builds clouds only for the frames left in the history: every chunk's history,
+    reward and outcome must equal those of building every frame's cloud, over full chunks, a 1-step chunk
+    (the history keeps a frame of the previous chunk) and an episode truncated in the middle of a chunk
+    (its last two frames are steps 19 and 20, step 19's cloud is built after the fact)."""
+    from equi_diffpo.env.chunked_env import ChunkedEnv
+
+    kwargs = dict(n_obs_steps=2, task_name="lift_d0", point_cloud={"source": "mesh", "n_points": 256},
+                  max_episode_steps=20, seed=0)
+    skipping, eager = ChunkedEnv(skip_unread_clouds=True, **kwargs), ChunkedEnv(skip_unread_clouds=False, **kwargs)
+    built = []
+    complete = skipping.env.complete
+    skipping.env.complete = lambda pending: built.append(pending.draw_key) or complete(pending)
+    try:
+        rng = np.random.default_rng(0)
+        for seed, chunk_lengths in ((3, (8, 1, 8, 8)), (4, (8,))):
+            results = [(skipping.reset(seed=seed), eager.reset(seed=seed))]
+            for n in chunk_lengths:
+                actions = wobble_actions(results[-1][1].obs["agent_pos"][-1], rng, n)
+                results.append((skipping.step_chunk(actions), eager.step_chunk(actions)))
+            assert results[-1][1].truncated == (seed == 3) and results[-1][1].n_steps == (3 if seed == 3 else 8)
+            for skipped, full in results:
+                assert (skipped.reward, skipped.done, skipped.success, skipped.truncated, skipped.n_steps) == \
+                       (full.reward, full.done, full.success, full.truncated, full.n_steps)
+                for key in ("point_cloud", "agent_pos", "privileged"):
+                    np.testing.assert_array_equal(skipped.obs[key], full.obs[key])
+        steps = [key[1] for key in built]
+        assert steps == [0, 7, 8, 9, 16, 17, 19, 20, 0, 7, 8], steps     # never a frame nobody reads
+    finally:
+        skipping.close()
+        eager.close()
+
+
+def test_a_frames_cloud_does_not_depend_on_which_frames_were_built():
+    """A frame's downsampling is drawn from its own key (episode seed, step), not from a stream shared by
+    the episode's frames: building a few pending frames, in any order, gives the clouds of stepping eagerly."""
+    kwargs = dict(task_name="lift_d0", point_cloud={"source": "mesh", "n_points": 256}, max_episode_steps=20)
+    eager, lazy = RobosuitePointCloudEnv(seed=0, **kwargs), RobosuitePointCloudEnv(seed=1, **kwargs)
+    try:
+        actions = RobosuitePointCloudEnv.env_actions(
+            wobble_actions(eager.reset(seed=5)["agent_pos"], np.random.default_rng(1), 6))
+        lazy.reset(seed=5)
+        clouds = [eager.step_env_action(a)[0]["point_cloud"] for a in actions]
+        pending = [lazy.step_env_action_pending(a)[0] for a in actions]
+        for i in (5, 2, 0):
+            np.testing.assert_array_equal(lazy.complete(pending[i])["point_cloud"], clouds[i])
+        assert not np.array_equal(clouds[0], clouds[1])
+    finally:
+        eager.close()
+        lazy.close()

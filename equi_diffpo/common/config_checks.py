@@ -72,7 +72,7 @@ RL_RULES = COMMON_RULES + (
     integer_at_least(f"{_RC}.render_size", 1),
     integer_at_least("rl_training.num_epochs", 0), integer_at_least("rl_training.checkpoint_every", 0),
     integer_at_least("rl_training.val_every", 0), integer_at_least("rl_training.n_val_episodes", 1),
-    integer_at_least(f"{_PPO}.ppo_epochs", 1), integer_at_least(f"{_PPO}.mini_batch_size", 1),
+    integer_at_least("rl_training.update_threads", 1, nullable=True), integer_at_least(f"{_PPO}.ppo_epochs", 1), integer_at_least(f"{_PPO}.mini_batch_size", 1),
     integer_at_least(f"{_PPO}.critic_warmup_epochs", 0), positive(f"{_PPO}.clip_ratio"),
     fraction(f"{_PPO}.gamma"), fraction(f"{_PPO}.gae_lambda"),
     non_negative(f"{_PPO}.policy_lr"), non_negative(f"{_PPO}.head_lr", nullable=True), non_negative(f"{_PPO}.critic_lr"),

@@ -13,7 +13,7 @@ cropped to a workspace box and downsampled (random, or farthest-point with numba
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List, NamedTuple, Tuple
 
 import mujoco
 import numba
@@ -170,6 +170,12 @@ def _geom_rgb(model: mujoco.MjModel, geom: int) -> np.ndarray:
     return rgb
 
 
+class GeomPoses(NamedTuple):
+    """World poses of a :class:`MeshPointCloud`'s sampled geoms: ``xpos`` (G, 3), ``xmat`` (G, 3, 3), float32."""
+    xpos: np.ndarray
+    xmat: np.ndarray
+
+
 class MeshPointCloud:
     """Pre-sampled surface points on the visual geoms, re-posed from ``data.geom_xpos/xmat`` per call.
 
@@ -203,18 +209,31 @@ class MeshPointCloud:
                 geom_ids.append(np.full(int(c), g))
         self.local_points = np.concatenate(local).astype(np.float32)         # (P, 3)
         self.geom_ids = np.concatenate(geom_ids)                               # (P,)
+        # The sampled geoms (G,) and, per point, its geom's row among them (P,).
+        self.sampled_geoms, self._geom_row = np.unique(self.geom_ids, return_inverse=True)
         self.rgb = None
         if cfg.use_rgb:
-            geoms, inverse = np.unique(self.geom_ids, return_inverse=True)
-            self.rgb = np.stack([_geom_rgb(model, g) for g in geoms]).astype(np.float32)[inverse]   # (P, 3)
+            self.rgb = np.stack([_geom_rgb(model, g) for g in self.sampled_geoms]).astype(np.float32)[self._geom_row]  # (P, 3)
         self.object_geoms = np.array(objects, dtype=np.int64)
 
-    def __call__(self, data: mujoco.MjData) -> np.ndarray:
-        """Unit-cropped world points (P', 3 or 6); downsampling is the caller's job."""
-        rot = data.geom_xmat[self.geom_ids].reshape(-1, 3, 3).astype(np.float32)
-        xyz = np.einsum("pij,pj->pi", rot, self.local_points) + data.geom_xpos[self.geom_ids].astype(np.float32)
+    def poses(self, data: mujoco.MjData) -> GeomPoses:
+        """Copies of the sampled geoms' world poses: all :meth:`at` needs to build this frame's cloud later.
+
+        Why: a chunked env keeps these (~G * 12 floats) for every step and builds the cloud (~0.6 ms) only
+        for the frames the policy reads. float32 as :meth:`at` uses them (the cast commutes with the gather)."""
+        return GeomPoses(data.geom_xpos[self.sampled_geoms].astype(np.float32),
+                         data.geom_xmat[self.sampled_geoms].astype(np.float32).reshape(-1, 3, 3))
+
+    def at(self, poses: GeomPoses) -> np.ndarray:
+        """Unit-cropped world points (P', 3 or 6) of the geoms posed at ``poses``; downsampling is the caller's job."""
+        rot = poses.xmat[self._geom_row]                                       # (P, 3, 3)
+        xyz = np.einsum("pij,pj->pi", rot, self.local_points) + poses.xpos[self._geom_row]
         points = xyz if self.rgb is None else np.concatenate([xyz, self.rgb], axis=1)
         return crop_points(points, self.cfg.bounds)
+
+    def __call__(self, data: mujoco.MjData) -> np.ndarray:
+        """The cloud of the current sim state: :meth:`at` of :meth:`poses`."""
+        return self.at(self.poses(data))
 
 
 class CameraPointCloud:

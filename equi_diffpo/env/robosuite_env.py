@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -22,7 +23,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-from equi_diffpo.env.point_cloud import CameraPointCloud, MeshPointCloud, PointCloudConfig, downsample_points  # noqa: E402
+from equi_diffpo.env.point_cloud import (CameraPointCloud, GeomPoses, MeshPointCloud, PointCloudConfig,  # noqa: E402
+                                          downsample_points)
 from equi_diffpo.env.rotation import POLICY_ACTION_DIM, policy_action_to_env_action  # noqa: E402
 from equi_diffpo.env.task_registry import episode_limit, get_task, resolve_env_name  # noqa: E402
 
@@ -69,6 +71,22 @@ def apply_fast_render_settings(env, size: int) -> None:
     ctx._set_mujoco_context_and_buffers()
 
 
+@dataclass
+class PendingObs:
+    """One frame's observation whose point cloud is not built yet (:meth:`RobosuitePointCloudEnv.complete` builds it).
+
+    Why: a chunked env executes ``n_action_steps`` (8) actions, but the policy reads only the last
+    ``n_obs_steps`` (2) frames; the cloud is ~0.6 ms, a third of an env step. What the cloud needs is kept
+    instead, so a completed frame equals the one an eager step would have returned.
+    ``agent_pos`` (9,), ``privileged`` (P,) float32; ``cloud_input``: the mesh source's geom poses, or the
+    camera source's cropped cloud (M, C) (its images exist only at this step); ``draw_key``: seeds this
+    frame's downsampling (see :meth:`RobosuitePointCloudEnv.draw_key`)."""
+    agent_pos: np.ndarray
+    privileged: np.ndarray
+    cloud_input: GeomPoses | np.ndarray
+    draw_key: Tuple[int, int, int]
+
+
 class RobosuitePointCloudEnv:
     """One robosuite env. ``step`` takes a policy action (10,), ``step_env_action`` a robosuite one (7,)."""
 
@@ -100,7 +118,9 @@ class RobosuitePointCloudEnv:
         self.env_name = resolve_env_name(self.spec)
         # robosuite.make's seed fixes the model (see MODEL_SEED); ``reset(seed)`` seeds each episode.
         self.env = robosuite.make(self.env_name, seed=MODEL_SEED, **self.env_kwargs)
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(seed)     # draws one key per episode (seeded by ``seed``)
+        self._episode_key = 0
+        self._restores = 0                          # ``reset_to`` calls in this episode
         if self.env.has_offscreen_renderer:  # depth cameras and/or videos
             self.env.reset()  # creates the offscreen context that the fast settings rebuild
             apply_fast_render_settings(self.env, max(self.pc_cfg.camera_size if use_camera else 0, render_size or 0))
@@ -115,23 +135,40 @@ class RobosuitePointCloudEnv:
         self.steps = 0
 
     # ------------------------------------------------------------------ observations
-    def _observation(self, raw_obs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def draw_key(self) -> Tuple[int, int, int]:
+        """Seed of the current frame's downsampling draw: (episode key, env step, ``reset_to`` calls).
+
+        Why not one stream per episode: a frame's cloud must not depend on which earlier frames were built
+        (:class:`PendingObs` skips most of them). The episode key comes from the ``seed`` of ``reset``;
+        ``reset_to`` counts separately so that a demo's replayed states (all at step 0) draw differently."""
+        return self._episode_key, self.steps, self._restores
+
+    def _pending_observation(self, raw_obs: Dict[str, np.ndarray]) -> PendingObs:
+        """The frame of the current sim state with its cloud deferred (cheap: copies of geom poses)."""
         self.raw_obs = raw_obs
         if self._mesh_cloud is not None:
-            cloud = self._mesh_cloud(self.env.sim.data._data)
+            cloud_input = self._mesh_cloud.poses(self.env.sim.data._data)
         else:
-            cloud = self._camera_cloud(self.env.sim, raw_obs)
-        points = downsample_points(cloud, self.pc_cfg.n_points, self.pc_cfg.downsample, self._rng)
+            cloud_input = self._camera_cloud(self.env.sim, raw_obs)
         agent_pos = np.concatenate([raw_obs["robot0_eef_pos"], raw_obs["robot0_eef_quat_site"], raw_obs["robot0_gripper_qpos"]])
         # The elapsed fraction: with a time limit (and the shaped reward's finite-horizon success bonus)
         # the value of a state depends on the time left (Pardo et al. 2018, "Time Limits in RL").
         privileged = np.append(raw_obs["object-state"], self.steps / self.max_episode_steps)
-        return {"point_cloud": points.astype(np.float32), "agent_pos": agent_pos.astype(np.float32),
-                "privileged": privileged.astype(np.float32)}
+        return PendingObs(agent_pos.astype(np.float32), privileged.astype(np.float32), cloud_input, self.draw_key())
+
+    def complete(self, pending: PendingObs) -> Dict[str, np.ndarray]:
+        """The full observation of a pending frame: ``point_cloud`` (N, C), ``agent_pos``, ``privileged``."""
+        cloud = self._mesh_cloud.at(pending.cloud_input) if self._mesh_cloud is not None else pending.cloud_input
+        points = downsample_points(cloud, self.pc_cfg.n_points, self.pc_cfg.downsample,
+                                   np.random.default_rng(pending.draw_key))
+        return {"point_cloud": points.astype(np.float32), "agent_pos": pending.agent_pos, "privileged": pending.privileged}
+
+    def _observation(self, raw_obs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        return self.complete(self._pending_observation(raw_obs))
 
     # ------------------------------------------------------------------ episode control
     def seed(self, seed: int) -> None:
-        """Reseed object placement and point-cloud downsampling (robosuite keeps its rng on the env)."""
+        """Reseed object placement and the next episodes' downsampling keys (robosuite keeps its rng on the env)."""
         self._rng = np.random.default_rng(seed)
         self.env.rng = np.random.default_rng(seed)
         sampler = getattr(self.env, "placement_initializer", None)
@@ -144,12 +181,18 @@ class RobosuitePointCloudEnv:
     def reset(self, seed: Optional[int] = None) -> Dict[str, np.ndarray]:
         if seed is not None:
             self.seed(seed)
-        self.steps = 0
+        self.steps = self._restores = 0
+        self._episode_key = int(self._rng.integers(2**63))
         return self._observation(self.env.reset())
 
     def step_env_action(self, env_action: np.ndarray) -> Tuple[Dict[str, np.ndarray], float, bool, Dict[str, Any]]:
         """Step with a robosuite 7-d absolute action. ``done`` = success or time limit; ``info``
         says which (``success``, ``truncated``) so RL can bootstrap on truncation only."""
+        pending, reward, done, info = self.step_env_action_pending(env_action)
+        return self.complete(pending), reward, done, info
+
+    def step_env_action_pending(self, env_action: np.ndarray) -> Tuple[PendingObs, float, bool, Dict[str, Any]]:
+        """:meth:`step_env_action` with the observation's point cloud deferred (:class:`PendingObs`)."""
         env_action = np.asarray(env_action, dtype=np.float64)
         raw, reward, _, _ = self._fast_step.step(env_action) if self._fast_step is not None else self.env.step(env_action)
         self.steps += 1
@@ -160,7 +203,8 @@ class RobosuitePointCloudEnv:
             # near the goal until the time limit. Count success as absorbing: it keeps paying the
             # success reward (robosuite's maximum per-step reward) for the remaining steps.
             reward *= 1 + self.max_episode_steps - self.steps
-        return self._observation(raw), float(reward), success or truncated, {"success": success, "truncated": truncated}
+        return (self._pending_observation(raw), float(reward), success or truncated,
+                {"success": success, "truncated": truncated})
 
     @staticmethod
     def env_actions(actions: np.ndarray) -> np.ndarray:
@@ -198,6 +242,7 @@ class RobosuitePointCloudEnv:
                              "the hdf5 was recorded with a different robot/env/robosuite version")
         self.env.sim.set_state_from_flattened(state)
         self.env.sim.forward()
+        self._restores += 1
         return self._observation(self.env._get_observations(force_update=True))
 
     def env_args(self) -> Dict[str, Any]:

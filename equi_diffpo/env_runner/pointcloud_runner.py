@@ -31,7 +31,8 @@ def env_kwargs_from_task(task_cfg: Mapping[str, Any] | DictConfig, n_obs_steps: 
     return dict(task_name=task["name"], point_cloud=task["point_cloud"], n_obs_steps=n_obs_steps,
                 max_episode_steps=max_episode_steps or task["max_episode_steps"], render_size=render_size,
                 reward_shaping=bool(task.get("reward_shaping", False)),
-                fast_control=bool(task.get("fast_control", True)))
+                fast_control=bool(task.get("fast_control", True)),
+                skip_unread_clouds=bool(task.get("skip_unread_clouds", True)))
 
 
 def torch_obs(batch: Dict[str, np.ndarray], device: torch.device) -> Dict[str, torch.Tensor]:

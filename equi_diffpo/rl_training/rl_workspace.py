@@ -25,6 +25,7 @@ from equi_diffpo.common.distributed import DistInfo, broadcast_module, cleanup_d
 from equi_diffpo.common.hydra_cli import with_original_observations, written_by_original_code
 from equi_diffpo.common.interrupt import InterruptGuard, raise_if_interrupted
 from equi_diffpo.common.run_logger import RunLogger
+from equi_diffpo.common.threads import torch_threads
 from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
 from equi_diffpo.policy.rl_policy_factory import build_rl_policy
 from equi_diffpo.rl_training.critic import build_critic
@@ -134,7 +135,8 @@ class RLWorkspace(BaseWorkspace):
         start = time.time()
         self.rl_policy.train()
         self.critic.train()
-        stats = self.trainer.update(batch, self.epoch)
+        with torch_threads(int(self.cfg.rl_training.get("update_threads") or torch.get_num_threads())):
+            stats = self.trainer.update(batch, self.epoch)
         self.trainer.scheduler_step()
         update_seconds = time.time() - start
         self.env_steps += rollout.env_steps * self.dist.world_size
