@@ -66,7 +66,7 @@ def test_noise_scale_zero_starts_every_chunk_from_zero(tiny_checkpoint, tmp_path
         def __init__(self):
             super().__init__()
             self.inner = policy
-            self.horizon, self.action_dim = policy.horizon, policy.action_dim
+            self.noise_shape = policy.noise_shape
 
         def predict_action(self, obs, noise=None):
             seen.append(noise)
