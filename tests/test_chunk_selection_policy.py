@@ -28,7 +28,7 @@ def trained_selector(base: ManiFlowPointcloudPolicy) -> ChunkSelectionPolicy:
     """A selection policy whose scorer looks trained (random output layer)."""
     rl = ChunkSelectionPolicy(base, n_candidates=N, selector_hidden=32)
     with torch.no_grad():
-        rl.selector.score_net[-1].weight.normal_(0.0, 1.0)
+        rl.head.score_net[-1].weight.normal_(0.0, 1.0)
     return rl
 
 
@@ -43,7 +43,7 @@ def test_zero_init_is_bc_on_the_first_draw(obs):
     bc_each = [base.predict_action(obs, noise[:, i])["action"] for i in range(N)]   # before the selector exists
     bc = {"action": bc_each[0]}
     rl = ChunkSelectionPolicy(base, n_candidates=N, selector_hidden=32)
-    assert base.chunk_selector is rl.selector and base.get_policy_config()["selector"] is True
+    assert base.chunk_selector is rl.head and base.get_policy_config()["selector"] is True
     assert base.noise_shape == (N, TINY["horizon"], 7)
     # The candidates run as one (B * N)-row batch: CPU kernels may change the last bits (~1e-6) with the batch size.
     torch.testing.assert_close(rl.predict_action(obs, noise)["action"], bc["action"], rtol=0, atol=1e-5)
@@ -63,7 +63,7 @@ def test_choice_log_prob_is_the_categorical_and_matches_get_log_prob(obs):
     with torch.no_grad():
         cond = rl.encode_obs(obs)
         candidates = rl.base.candidate_chunks(cond, noise)
-        log_p = torch.log_softmax(rl.selector(cond, candidates), dim=1)
+        log_p = torch.log_softmax(rl.head(cond, candidates), dim=1)
     # The chosen candidate sits in slot 0; its hand-computed log-prob is the sampled one.
     chosen = [int(torch.nonzero((candidates[b] == sample.chains[b, 0]).all(dim=(1, 2)))[0]) for b in range(B)]
     torch.testing.assert_close(sample.log_prob, log_p[torch.arange(B), chosen], rtol=1e-5, atol=1e-6)
@@ -86,7 +86,7 @@ def test_only_the_selector_trains_and_generators_reproduce(obs):
     draws = [rl.sample_actions(obs, generators=[torch.Generator().manual_seed(i) for i in range(B)]) for _ in range(2)]
     assert torch.equal(draws[0].chains, draws[1].chains) and torch.equal(draws[0].log_prob, draws[1].log_prob)
     rl.get_log_prob(obs, draws[0].chains).log_prob.sum().backward()
-    assert rl.selector.score_net[-1].weight.grad.abs().sum() > 0
+    assert rl.head.score_net[-1].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="got"):
         rl.get_log_prob(obs, draws[0].chains[:, :2])
     rl.base.obs_encoder.requires_grad_(True)

@@ -21,59 +21,36 @@ base stay frozen (the candidates and features they produce are what the stored c
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn as nn
 
 from equi_diffpo.model.chunk_selector import ChunkSelector
+from equi_diffpo.policy.frozen_flow_head import FrozenFlowHeadPolicy
 from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
-from equi_diffpo.policy.rl_policy_base import LogProbResult, RLPolicyBase, RLSample
+from equi_diffpo.policy.rl_policy_base import LogProbResult, RLSample
 
 
-class ChunkSelectionPolicy(RLPolicyBase):
+class ChunkSelectionPolicy(FrozenFlowHeadPolicy):
     """Wraps a pretrained base policy, gives it a chunk selector (kept if it already has one, e.g. when
     fine-tuning a selection checkpoint again). ``state_dict`` = ``base.*`` (selector included)."""
 
+    method = "select"
     base_requires = ("enable_chunk_selector",)   # the U-Net policy's selector
 
     def __init__(self, base_policy: ManiFlowPointcloudPolicy, n_candidates: int = 16, selector_hidden: int = 256):
         """``n_candidates``: BC proposals per chunk step (``N``); ``selector_hidden``: the scorer MLP's width."""
         super().__init__(base_policy)
         base_policy.enable_chunk_selector(n_candidates, selector_hidden)
-        for frozen in (base_policy.obs_encoder, base_policy.velocity_net, base_policy.noise_prior):
-            if frozen is not None:
-                frozen.requires_grad_(False)
+        self.freeze_base()
 
     @property
-    def selector(self) -> ChunkSelector:
+    def head(self) -> ChunkSelector:
         return self.base.chunk_selector
-
-    def head_parameters(self) -> List[nn.Parameter]:
-        """The selector's parameters (zero-initialised output): trained at ``ppo_trainer.head_lr``."""
-        return list(self.selector.parameters())
-
-    @property
-    def num_steps(self) -> int:
-        """Stochastic transitions per chunk step: one (the choice)."""
-        return 1
-
-    @property
-    def obs_encoder_frozen(self) -> bool:
-        """Always: the selector never trains the encoder, so features can be computed once per batch."""
-        return True
-
-    def encode_obs(self, obs_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Raw obs -> frozen conditioning ``(B, cond_dim)`` (no graph)."""
-        if any(p.requires_grad for p in self.base.obs_encoder.parameters()):
-            raise ValueError("rl_policy=select keeps the policy's encoder frozen (the stored candidates were made "
-                             "from its features): set rl_training.finetune_obs_encoder=false")
-        with torch.no_grad():
-            return self.base.encode_obs(obs_dict)
 
     def _terms(self, chains: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-prob of slot 0 and the categorical entropy ``(B,)`` for ``chains`` ``(B, N, horizon, Da)``."""
-        log_p = torch.log_softmax(self.selector(cond, chains), dim=1)
+        log_p = torch.log_softmax(self.head(cond, chains), dim=1)
         return log_p[:, 0], -(log_p.exp() * log_p).sum(dim=1)
 
     @staticmethod
@@ -97,7 +74,7 @@ class ChunkSelectionPolicy(RLPolicyBase):
         if noise is None:
             noise = self.draw(cond, generators, *self.base.noise_shape)
         candidates = self.base.candidate_chunks(cond, noise.to(cond))
-        logits = self.selector(cond, candidates)
+        logits = self.head(cond, candidates)
         chosen = logits.argmax(dim=1) if deterministic else self._choose(logits, generators)
         rows = torch.arange(cond.shape[0], device=cond.device)
         chains = candidates.clone()
@@ -110,8 +87,8 @@ class ChunkSelectionPolicy(RLPolicyBase):
                      cond: Optional[torch.Tensor] = None) -> LogProbResult:
         """Log-prob and entropy ``(B,)`` of the choice stored in ``chains`` ``(B, N, horizon, Da)`` under the
         current selector (differentiable wrt it). ``cond``: features from :meth:`encode_obs`."""
-        if chains.shape[1] != self.selector.n_candidates:
-            raise ValueError(f"selection chains are (B, {self.selector.n_candidates}, horizon, Da) candidates, "
+        if chains.shape[1] != self.head.n_candidates:
+            raise ValueError(f"selection chains are (B, {self.head.n_candidates}, horizon, Da) candidates, "
                              f"got {tuple(chains.shape)}")
         if cond is None:
             cond = self.encode_obs(obs_dict)

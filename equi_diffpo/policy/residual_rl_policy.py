@@ -23,20 +23,21 @@ mean; with the zero-initialised head that is exactly the BC policy.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn as nn
 
 from equi_diffpo.model.residual_head import ResidualHead
+from equi_diffpo.policy.frozen_flow_head import FrozenFlowHeadPolicy
 from equi_diffpo.policy.maniflow_pointcloud_policy import ManiFlowPointcloudPolicy
-from equi_diffpo.policy.rl_policy_base import LogProbResult, RLPolicyBase, RLSample, gaussian_terms
+from equi_diffpo.policy.rl_policy_base import LogProbResult, RLSample, gaussian_terms
 
 
-class ResidualRLPolicy(RLPolicyBase):
+class ResidualRLPolicy(FrozenFlowHeadPolicy):
     """Wraps a pretrained base policy, gives it a residual head (kept if it already has one, e.g. when
     fine-tuning a residual checkpoint again). ``state_dict`` = ``base.*`` (residual head included)."""
 
+    method = "residual"
     base_requires = ("enable_residual",)   # the U-Net policy's residual head
 
     def __init__(self, base_policy: ManiFlowPointcloudPolicy, residual_hidden: int = 256,
@@ -48,35 +49,11 @@ class ResidualRLPolicy(RLPolicyBase):
         super().__init__(base_policy)
         base_policy.enable_residual(residual_hidden, residual_scale, residual_std_init, residual_std_min,
                                     residual_per_chunk)
-        for frozen in (base_policy.obs_encoder, base_policy.velocity_net, base_policy.noise_prior):
-            if frozen is not None:
-                frozen.requires_grad_(False)
+        self.freeze_base()
 
     @property
     def head(self) -> ResidualHead:
         return self.base.residual_head
-
-    def head_parameters(self) -> List[nn.Parameter]:
-        """The residual head's parameters (zero-initialised output): trained at ``ppo_trainer.head_lr``."""
-        return list(self.head.parameters())
-
-    @property
-    def num_steps(self) -> int:
-        """Stochastic transitions in a stored chain: one (BC chunk -> executed chunk)."""
-        return 1
-
-    @property
-    def obs_encoder_frozen(self) -> bool:
-        """Always: the residual never trains the encoder, so features can be computed once per batch."""
-        return True
-
-    def encode_obs(self, obs_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Raw obs -> frozen conditioning ``(B, cond_dim)`` (no graph)."""
-        if any(p.requires_grad for p in self.base.obs_encoder.parameters()):
-            raise ValueError("rl_policy=residual keeps the policy's encoder frozen (the residual conditions "
-                             "on its features and on the BC chunk): set rl_training.finetune_obs_encoder=false")
-        with torch.no_grad():
-            return self.base.encode_obs(obs_dict)
 
     def _terms(self, chains: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-density and entropy ``(B,)`` of the residual stored in ``chains`` ``(B, 2, horizon, Da)``."""
