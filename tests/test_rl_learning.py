@@ -13,6 +13,10 @@ Measured at this budget (20 epochs, ~106k env steps; docs/EXPERIMENTS.md): seed 
 2026-12-01 second session, 9.5 min while sharing the CPU; 0.56 in the first session); seeds 1 and 42 of the same default reached 0.56 / 0.38 (first session) and 0.45 / 0.35 (second session) at
 epoch 20. The margin asserted (+0.10) held for seed 0; over seeds the gain at this budget ranges 0.00-0.21, so another
 seed may fail it (RL_LEARNING_EPOCHS raises the budget: at 60 epochs every seed run so far gained 0.12-0.22).
+2026-12-05, after each frame's point-cloud downsampling got its own key (issue #12: every rollout changed, so seed 0
+is a new sample of the spread): seed 0 gave 0.39 -> 0.43 -> 0.41 (106k env steps, 9.8 min beside the fast suite) and
+FAILED the +0.10 margin. The test stays as it is, failing honestly, until the default method gains at this budget on
+every seed (issue #11).
 """
 from __future__ import annotations
 
