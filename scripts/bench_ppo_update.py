@@ -4,9 +4,10 @@
     python scripts/bench_ppo_update.py --repeat=3 --profile critic=own   # each mode 3x, cProfile of the last
 
 Builds the RL workspace of ``train_maniflow_pointcloud_rl`` (hydra overrides as arguments), collects one
-batch with its real collector, then runs the same ``PPOTrainer.update`` twice from the same weights, optimizer
+batch with its real collector, then runs the same ``PPOTrainer.update`` three times from the same weights, optimizer
 state and minibatch order: ``cache_features=false`` (frozen encoders re-run in every minibatch, the code
-before the cache) and ``true``. The update is timed at RL epoch ``critic_warmup_epochs`` (actor and critic
+before the cache), ``true`` on a batch without the rollout's features (one encoder pass per update) and
+``true`` on the batch as collected (it carries the features the policy acted on: no encoder pass). The update is timed at RL epoch ``critic_warmup_epochs`` (actor and critic
 both step). Share of epoch = update / (rollout + update). On a shared CPU the times vary with the load:
 ``--repeat=N`` runs each mode N times (each from the same state) and prints every run.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import cProfile
+import dataclasses
 import os
 import pstats
 import sys
@@ -52,8 +54,11 @@ def main() -> None:
 
     state = copy.deepcopy((ws.rl_policy.state_dict(), ws.critic.state_dict(), ws.trainer.state_dict()))
     epoch = ws.ppo_cfg.critic_warmup_epochs
-    runs = [False] * repeat + [True] * repeat
-    for i, cache in enumerate(runs):
+    # (label, cache_features, batch): encoders per minibatch; once per update; not at all (the rollout's features).
+    modes = [("per minibatch", False, batch), ("once per update", True, dataclasses.replace(batch, cond=None)),
+             ("from the rollout", True, batch)]
+    runs = [mode for mode in modes for _ in range(repeat)]
+    for i, (label, cache, mode_batch) in enumerate(runs):
         ws.rl_policy.load_state_dict(state[0]), ws.critic.load_state_dict(state[1])
         ws.trainer.load_state_dict(state[2])
         ws.trainer.config.cache_features = cache
@@ -63,11 +68,11 @@ def main() -> None:
         start = time.perf_counter()
         if profiler:
             profiler.enable()
-        stats = ws.trainer.update(batch, epoch)
+        stats = ws.trainer.update(mode_batch, epoch)
         if profiler:
             profiler.disable()
         seconds = time.perf_counter() - start
-        print(f"cache_features={str(cache).lower():5s}: update {seconds:6.2f} s = {seconds / (rollout.seconds + seconds):5.1%} "
+        print(f"encoders {label:16s}: update {seconds:6.2f} s = {seconds / (rollout.seconds + seconds):5.1%} "
               f"of the epoch ({stats.ppo_minibatches} actor / {stats.critic_steps} critic minibatch steps, "
               f"value_loss {stats.value_loss:.4f})")
         if profiler:

@@ -4,6 +4,7 @@ cached (they keep learning), and a checkpoint of another critic set-up fails wit
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -99,6 +100,20 @@ def test_update_encodes_once_per_batch_and_matches_the_uncached_update():
         for (name, a), b in zip(module_cached.named_parameters(), module_fresh.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert not torch.equal(p1.base.noise_prior.mean_net[-1].weight, policy.base.noise_prior.mean_net[-1].weight)
+
+
+def test_update_reuses_the_features_the_rollout_acted_on():
+    """A batch that carries the collector's ``cond`` (RLSample.cond) is not encoded again, and the ratio of the
+    unchanged policy on it is exactly 1 (the same features scored the sample)."""
+    policy, critic = make_policy_and_critic()
+    batch = make_batch(policy, critic)
+    with torch.no_grad():
+        batch = dataclasses.replace(batch, cond=policy.sample_actions(batch.obs).cond)
+        assert torch.equal(policy.get_log_prob(None, batch.chains, cond=batch.cond).log_prob, batch.log_probs)
+    calls = count_calls(policy.base.obs_encoder)
+    trainer = PPOTrainer(policy, critic, PPOConfig(ppo_epochs=2, mini_batch_size=16, head_lr=1e-3))
+    trainer.update(batch, epoch=0)
+    assert calls == []
 
 
 def test_policy_feature_critic_owns_only_its_mlp():

@@ -94,6 +94,13 @@ def test_collects_whole_episodes_with_consistent_arrays(rl_workspace, tmp_path, 
     np.testing.assert_allclose(np.exp(recomputed - batch.log_probs), 1.0, atol=1e-4)
     assert np.all(np.isfinite(batch.log_probs))
 
+    # The frozen encoder's output the policy acted on is kept for the PPO update (which then encodes nothing).
+    assert rl_workspace.rl_policy.obs_encoder_frozen
+    with torch.no_grad():
+        encoded = rl_workspace.rl_policy.encode_obs(torch_obs(batch.obs, torch.device("cpu"))).numpy()
+    assert batch.cond.shape == encoded.shape
+    np.testing.assert_allclose(batch.cond, encoded, rtol=1e-5, atol=1e-6)
+
 
 def test_shaped_reward_episodes_are_not_bootstrapped_at_the_time_limit(rl_workspace, tmp_path):
     """task.reward_shaping: a success pays for the remaining steps (finite horizon), so a truncated episode

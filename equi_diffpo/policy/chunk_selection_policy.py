@@ -81,7 +81,8 @@ class ChunkSelectionPolicy(FrozenFlowHeadPolicy):
         chains[rows, 0], chains[rows, chosen] = candidates[rows, chosen], candidates[rows, 0]
         # Scored by the same function as get_log_prob, so an unchanged policy gives a ratio of exactly 1.
         log_prob = self._terms(chains, cond)[0]
-        return RLSample(action=self.base.decode_actions(chains[:, 0])["action"], chains=chains, log_prob=log_prob)
+        return RLSample(action=self.base.decode_actions(chains[:, 0])["action"], chains=chains, log_prob=log_prob,
+                        cond=cond)
 
     def get_log_prob(self, obs_dict: Dict[str, torch.Tensor], chains: torch.Tensor,
                      cond: Optional[torch.Tensor] = None) -> LogProbResult:

@@ -102,7 +102,7 @@ class FPORLPolicy(RLPolicyBase):
             x = x.clamp(-1.0, 1.0)
         chains = torch.cat([x.unsqueeze(1), self.draw(cond, generators, self.n_mc, base.horizon, base.action_dim)], dim=1)
         return RLSample(action=base.decode_actions(x)["action"], chains=chains,
-                        log_prob=torch.zeros(cond.shape[0], device=cond.device))
+                        log_prob=torch.zeros(cond.shape[0], device=cond.device), cond=cond)
 
     def get_log_prob(self, obs_dict: Dict[str, torch.Tensor], chains: torch.Tensor,
                      cond: Optional[torch.Tensor] = None) -> LogProbResult:

@@ -112,7 +112,7 @@ class LatentNoisePolicy(RLPolicyBase):
             x = self.base.euler_mean(x, k, cond)
             chain.append(x)
         return RLSample(action=self.base.decode_actions(x)["action"], chains=torch.stack(chain, dim=1),
-                        log_prob=self.prior_terms(chain[0], cond)[0])
+                        log_prob=self.prior_terms(chain[0], cond)[0], cond=cond)
 
     def get_log_prob(self, obs_dict: Dict[str, torch.Tensor], chains: torch.Tensor,
                      cond: torch.Tensor | None = None) -> LogProbResult:

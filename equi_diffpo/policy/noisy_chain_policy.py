@@ -112,7 +112,7 @@ class NoisyChainPolicy(LatentNoisePolicy):
             log_prob = log_prob + gaussian_terms(x[:, s], mean[:, s], sigma[:, s])[0]
             chain.append(x)
         return RLSample(action=self.base.decode_actions(x)["action"], chains=torch.stack(chain, dim=1),
-                        log_prob=log_prob / self._normalizer_count())
+                        log_prob=log_prob / self._normalizer_count(), cond=cond)
 
     def get_log_prob(self, obs_dict: Dict[str, torch.Tensor], chains: torch.Tensor,
                      cond: torch.Tensor | None = None) -> LogProbResult:

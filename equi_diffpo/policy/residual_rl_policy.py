@@ -85,7 +85,8 @@ class ResidualRLPolicy(FrozenFlowHeadPolicy):
         chains = torch.stack([x, head.add_to_chunk(x, residual)], dim=1)
         # Scored by the same function as get_log_prob, so an unchanged policy gives a ratio of exactly 1.
         log_prob = self._terms(chains, cond)[0]
-        return RLSample(action=base.decode_actions(chains[:, 1])["action"], chains=chains, log_prob=log_prob)
+        return RLSample(action=base.decode_actions(chains[:, 1])["action"], chains=chains, log_prob=log_prob,
+                        cond=cond)
 
     def get_log_prob(self, obs_dict: Dict[str, torch.Tensor], chains: torch.Tensor,
                      cond: Optional[torch.Tensor] = None) -> LogProbResult:

@@ -46,10 +46,13 @@ FlowPolicy = Union[ManiFlowPointcloudPolicy, ManiFlowTransformerPointcloudPolicy
 @dataclass
 class RLSample:
     """``action`` (B, n_action_steps, Da) raw executed actions; ``chains`` (B, C, horizon, Da) what the
-    method stores to score later (its layout is the method's); ``log_prob`` (B,) at sampling time."""
+    method stores to score later (its layout is the method's); ``log_prob`` (B,) at sampling time;
+    ``cond`` the ``encode_obs`` output the sample was drawn from (``(B, cond_dim)`` for the U-Net): while the
+    encoder is frozen the collector keeps it, so the PPO update does not encode the batch's clouds again."""
     action: torch.Tensor
     chains: torch.Tensor
     log_prob: torch.Tensor
+    cond: torch.Tensor
 
 
 @dataclass

@@ -15,9 +15,10 @@ whose `obs_encoder_frozen` is True gets `cond = policy.encode_obs(obs)` computed
 in chunks) and passed to every `get_log_prob`; likewise a critic whose `obs_encoder_frozen` is True
 gets `features = critic.encode_obs(obs)`, or the policy's `cond` itself if it `reads_policy_features`.
 Both live in the `PPOBatch`, so minibatch indexing carries them. Modules without these attributes
-(plain `get_log_prob(obs, chains)`, `critic(obs)`) are called as before. lift_d0 defaults, idle 2-core CPU
-(693 chunk steps, 60 minibatches): update 15.0 s -> 1.9 s, of which 1.7 s is the one encoder pass
-(scripts/bench_ppo_update.py).
+(plain `get_log_prob(obs, chains)`, `critic(obs)`) are called as before. A batch whose `cond` is already
+filled (the collector keeps the features the policy acted on, `RLSample.cond`) is not encoded at all.
+lift_d0 defaults, idle 2-core CPU (693 chunk steps, 60 minibatches): update 15.0 s -> 1.9 s, of which 1.7 s
+is the one encoder pass (scripts/bench_ppo_update.py), which the rollout's features then save too.
 
 Multi-process (torchrun): do not wrap actor/critic in DDP (get_log_prob bypasses DDP's forward
 hooks). When torch.distributed is initialized the trainer averages gradients across ranks itself,
@@ -314,6 +315,8 @@ class PPOTrainer:
             _check_finite(f"batch {name}", getattr(b, name), f"RL epoch {epoch} (check rewards/values)")
         if cfg.cache_features:
             b = self.encode_frozen(b)
+        else:   # the code before the cache (benchmarks only): every minibatch encodes its obs again
+            b = dataclasses.replace(b, cond=None, critic_features=None)
         if getattr(self.policy, "defers_log_prob", False):
             b = self.score_rollout(b)
         warmup = epoch < cfg.critic_warmup_epochs

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -38,9 +38,12 @@ class RolloutBatch:
     obs: {'point_cloud': (M, To, N, C), 'agent_pos': (M, To, D)}; chains (M, K+1, H, Da);
     log_probs, values, rewards, next_values (M,); terminated (M,) success ended the episode
     after this step (no bootstrap); episode_end (M,) the episode ended after this step
-    (terminated or truncated)."""
+    (terminated or truncated); cond (M, cond_dim) or the DiT-X's tokens: the frozen encoder's output the
+    policy acted on (None while the encoder trains), reused by the PPO update instead of a second encoding
+    (on lift_d0 that encoding was 80% of the update: docs/BENCHMARKS.md)."""
     obs: Dict[str, np.ndarray]
     chains: np.ndarray
+    cond: Optional[np.ndarray]
     log_probs: np.ndarray
     values: np.ndarray
     rewards: np.ndarray
@@ -83,11 +86,18 @@ class RLRolloutCollector:
         policy.eval()
         critic.eval()
 
+        keep_cond = policy.obs_encoder_frozen
+
         def policy_step(batch: Dict[str, np.ndarray], rngs: List[torch.Generator]) -> Dict[str, np.ndarray]:
             obs = torch_obs(batch, device)
             sample = policy.sample_actions(obs, generators=rngs)
-            return {"action": policy.env_actions(sample.action), "chains": sample.chains.cpu().numpy(),
-                    "log_prob": sample.log_prob.cpu().numpy(), "value": critic(obs).cpu().numpy()}
+            reads_cond = keep_cond and getattr(critic, "reads_policy_features", False)
+            value = critic(obs, features=sample.cond) if reads_cond else critic(obs)
+            out = {"action": policy.env_actions(sample.action), "chains": sample.chains.cpu().numpy(),
+                   "log_prob": sample.log_prob.cpu().numpy(), "value": value.cpu().numpy()}
+            if keep_cond:
+                out["cond"] = sample.cond.float().cpu().numpy()
+            return out
 
         start = time.time()
         seeds = self._seed_rng.integers(0, 2**31 - 1, size=2 * self.n_episodes_per_batch + 10)
@@ -113,6 +123,7 @@ class RLRolloutCollector:
         return RolloutBatch(
             obs={k: np.stack([s.obs[k] for s in steps]) for k in steps[0].obs},
             chains=np.stack([s.policy_out["chains"] for s in steps]),
+            cond=np.stack([s.policy_out["cond"] for s in steps]) if keep_cond else None,
             log_probs=np.array([s.policy_out["log_prob"] for s in steps], dtype=np.float32),
             values=values, rewards=np.array([s.reward for s in steps], dtype=np.float32), next_values=next_values,
             terminated=np.array([s.success for s in steps], dtype=np.float32), episode_end=episode_end,

@@ -55,7 +55,8 @@ def rollout_to_ppo_batch(rollout: RolloutBatch, rewards: np.ndarray, gamma: floa
                       t(rollout.episode_end), gamma, gae_lambda)
     return PPOBatch(obs={k: t(v) for k, v in rollout.obs.items()}, chains=t(rollout.chains),
                     log_probs=t(rollout.log_probs), values=t(rollout.values),
-                    advantages=gae.advantages, returns=gae.returns)
+                    advantages=gae.advantages, returns=gae.returns,
+                    cond=None if rollout.cond is None else t(rollout.cond))
 
 
 class RLWorkspace(BaseWorkspace):
