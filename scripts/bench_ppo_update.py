@@ -7,8 +7,8 @@ Builds the RL workspace of ``train_maniflow_pointcloud_rl`` (hydra overrides as 
 batch with its real collector, then runs the same ``PPOTrainer.update`` three times from the same weights, optimizer
 state and minibatch order: ``cache_features=false`` (frozen encoders re-run in every minibatch, the code
 before the cache), ``true`` on a batch without the rollout's features (one encoder pass per update) and
-``true`` on the batch as collected (it carries the features the policy acted on: no encoder pass). The update is timed at RL epoch ``critic_warmup_epochs`` (actor and critic
-both step). Share of epoch = update / (rollout + update). On a shared CPU the times vary with the load:
+``true`` on the batch as collected (it carries the features the policy acted on: no encoder pass). The
+update is timed at RL epoch ``critic_warmup_epochs`` (actor and critic both step). Share of epoch = update / (rollout + update). On a shared CPU the times vary with the load:
 ``--repeat=N`` runs each mode N times (each from the same state) and prints every run.
 """
 from __future__ import annotations

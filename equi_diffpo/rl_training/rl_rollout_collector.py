@@ -87,12 +87,12 @@ class RLRolloutCollector:
         critic.eval()
 
         keep_cond = policy.obs_encoder_frozen
+        critic_reads_cond = keep_cond and getattr(critic, "reads_policy_features", False)
 
         def policy_step(batch: Dict[str, np.ndarray], rngs: List[torch.Generator]) -> Dict[str, np.ndarray]:
             obs = torch_obs(batch, device)
             sample = policy.sample_actions(obs, generators=rngs)
-            reads_cond = keep_cond and getattr(critic, "reads_policy_features", False)
-            value = critic(obs, features=sample.cond) if reads_cond else critic(obs)
+            value = critic(obs, features=sample.cond) if critic_reads_cond else critic(obs)
             out = {"action": policy.env_actions(sample.action), "chains": sample.chains.cpu().numpy(),
                    "log_prob": sample.log_prob.cpu().numpy(), "value": value.cpu().numpy()}
             if keep_cond:
