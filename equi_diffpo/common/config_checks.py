@@ -9,10 +9,9 @@ config is skipped, so a config that drops a key does not need this module change
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence, Type, TypeVar
+from typing import Any, Callable, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,18 +19,6 @@ from equi_diffpo.common.errors import ConfigError
 from equi_diffpo.common.run_logger import VALID_MODES
 
 _ABSENT = object()
-_Config = TypeVar("_Config")
-
-
-def dataclass_from_dict(cls: Type[_Config], values: Mapping[str, Any], key: str) -> _Config:
-    """A trainer config dataclass from a dict/DictConfig at config path ``key``; an unknown key (a typo in a
-    hydra override) is an error that names it and the valid ones. hydra's own ``_target_`` is ignored."""
-    valid = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {k: v for k, v in dict(values).items() if k != "_target_"}
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown {key} key(s) {unknown}; valid keys: {valid}")
-    return cls(**kwargs)
 
 
 @dataclass(frozen=True)

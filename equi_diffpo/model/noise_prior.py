@@ -14,11 +14,6 @@ policy is exactly the BC policy.
 is one noisy estimate per entry; summed over the horizon, the shared shift averages them. Measured on
 lift_d0 from the +2 cm weak start (6 batches of 32 episodes, sparse reward): the gradient of the z
 shift was 1.6 noise-std per batch, against 0.55 for each per-entry z mean.
-
-``mean_bound > 0`` squashes the mean into ``[-bound, bound]`` (``bound * tanh``). Why: an off-policy
-learner (``rl_policy=dsrl``) follows its Q-function's gradient in ``x0``, and outside the region the flow
-was trained on (``|x0|`` of a few std) that Q is an extrapolation; DSRL bounds its latent actions the
-same way. The squashed mean starts at 0 like the unbounded one.
 """
 from __future__ import annotations
 
@@ -34,18 +29,14 @@ class ConditionalNoisePrior(nn.Module):
     ``mean`` comes from an MLP on the observation features whose last layer starts at zero (one value
     per (time, dim) entry, or per dim broadcast over time with ``chunk_shift``);
     ``std`` is one learnable value per (time, dim) entry, clamped to ``[std_min, 1]`` (the BC
-    prior's scale is the upper bound, so RL can only narrow the exploration in ``x0``); with ``mean_bound``
-    the mean is ``mean_bound * tanh(mlp(cond))``.
+    prior's scale is the upper bound, so RL can only narrow the exploration in ``x0``).
     """
 
     def __init__(self, cond_dim: int, horizon: int, action_dim: int, hidden: int = 256, std_min: float = 0.1,
-                 chunk_shift: bool = False, mean_bound: float = 0.0):
+                 chunk_shift: bool = False):
         super().__init__()
         if not 0 < std_min <= 1:
             raise ValueError(f"noise prior std_min must lie in (0, 1], got {std_min}")
-        if mean_bound < 0:
-            raise ValueError(f"noise prior mean_bound must be >= 0 (0 = unbounded), got {mean_bound}")
-        self.mean_bound = float(mean_bound)
         self.shape = (int(horizon), int(action_dim))
         self.log_std_min = math.log(std_min)
         self.mean_shape = (1, int(action_dim)) if chunk_shift else self.shape
@@ -55,16 +46,7 @@ class ConditionalNoisePrior(nn.Module):
         self.mean_net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.Mish(), out)
         self.log_std = nn.Parameter(torch.zeros(self.shape))
 
-    @torch.no_grad()
-    def project_log_std_(self) -> None:
-        """Clamp the stored ``log_std`` into ``[log(std_min), 0]`` (call after an optimizer step). Why: ``forward``
-        clamps too, but a value that has crossed a bound gets no gradient there and stays stuck; SAC's entropy
-        term pushes every entry up from the start (the bound std = 1), so without this its std never moved."""
-        self.log_std.clamp_(self.log_std_min, 0.0)
-
     def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.mean_net(cond).view(cond.shape[0], *self.mean_shape).expand(-1, *self.shape)
-        if self.mean_bound > 0:
-            mean = self.mean_bound * torch.tanh(mean)
         std = self.log_std.clamp(self.log_std_min, 0.0).exp().expand_as(mean)
         return mean, std

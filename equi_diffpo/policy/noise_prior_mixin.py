@@ -7,7 +7,7 @@ recorded in the policy's ``_config`` (returned by ``get_policy_config``), so ``l
 
 What a policy using this mixin provides:
   * ``_config``: a dict with the keys ``noise_prior``, ``noise_prior_hidden``, ``noise_prior_std_min``,
-    ``noise_prior_chunk_shift``, ``noise_prior_mean_bound`` (ctor kwargs of the policy);
+    ``noise_prior_chunk_shift`` (ctor kwargs of the policy);
   * ``noise_prior`` (None or the module), ``horizon``, ``action_dim``, ``device``;
   * ``cond_dim`` and ``cond_features(cond) -> (B, cond_dim)``: the velocity net's conditioning as one
     vector per sample. The U-Net's ``cond`` already is one (identity); the DiT-X's is a token sequence
@@ -21,7 +21,7 @@ import torch
 from equi_diffpo.model.noise_prior import ConditionalNoisePrior
 
 NOISE_PRIOR_DEFAULTS = dict(noise_prior=False, noise_prior_hidden=256, noise_prior_std_min=0.1,
-                            noise_prior_chunk_shift=False, noise_prior_mean_bound=0.0)
+                            noise_prior_chunk_shift=False)
 
 
 class NoisePriorMixin:
@@ -30,17 +30,15 @@ class NoisePriorMixin:
     def _build_noise_prior(self) -> ConditionalNoisePrior:
         c = self._config
         return ConditionalNoisePrior(self.cond_dim, self.horizon, self.action_dim, c["noise_prior_hidden"],
-                                     c["noise_prior_std_min"], c["noise_prior_chunk_shift"],
-                                     c.get("noise_prior_mean_bound", 0.0))
+                                     c["noise_prior_std_min"], c["noise_prior_chunk_shift"])
 
-    def enable_noise_prior(self, hidden: int = 256, std_min: float = 0.1, chunk_shift: bool = False,
-                           mean_bound: float = 0.0) -> None:
+    def enable_noise_prior(self, hidden: int = 256, std_min: float = 0.1, chunk_shift: bool = False) -> None:
         """Add a (still identity) learnable noise prior to a policy trained without one; recorded
         in ``get_policy_config`` so checkpoints rebuild it. No-op if the policy already has one."""
         if self.noise_prior is not None:
             return
         self._config.update(noise_prior=True, noise_prior_hidden=int(hidden), noise_prior_std_min=float(std_min),
-                            noise_prior_chunk_shift=bool(chunk_shift), noise_prior_mean_bound=float(mean_bound))
+                            noise_prior_chunk_shift=bool(chunk_shift))
         self.noise_prior = self._build_noise_prior().to(self.device)
 
     @property

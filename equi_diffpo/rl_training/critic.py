@@ -141,24 +141,16 @@ class PrivilegedCritic(_NamedCritic):
     @torch.no_grad()
     def fit_input_stats(self, obs_dict: Dict[str, torch.Tensor]) -> None:
         """Per-feature mean/std of a batch of obs (the first RL batch); constant features keep std 1."""
-        self.fit_state_stats(self.state_input(obs_dict))
-
-    @torch.no_grad()
-    def fit_state_stats(self, x: torch.Tensor) -> None:
-        """Per-feature mean/std of state vectors ``x`` ``(B, agent_pos_dim + P)``; constant features keep std 1."""
-        x = x.to(self.input_mean.device)
+        x = self.state_input(obs_dict).to(self.input_mean.device)
         std = x.std(dim=0, correction=0)
         self.input_mean.copy_(x.mean(dim=0))
         self.input_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
         self.input_fitted.fill_(1)
 
-    def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        """State vectors ``(B, agent_pos_dim + P)`` -> standardized by the fitted statistics."""
-        return (x.to(self.input_mean.device) - self.input_mean) / self.input_std
-
     def forward(self, obs_dict: Dict[str, torch.Tensor], features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``features`` is unused (the trainer's cache is for point-cloud encoders; this input is cheap)."""
-        return self.mlp(self.standardize(self.state_input(obs_dict))).squeeze(-1)
+        x = self.state_input(obs_dict).to(self.input_mean.device)
+        return self.mlp((x - self.input_mean) / self.input_std).squeeze(-1)
 
 
 def build_critic(critic_cfg: Mapping[str, Any], policy: nn.Module, base: nn.Module, task: Mapping[str, Any],

@@ -37,8 +37,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from equi_diffpo.common.config_checks import dataclass_from_dict
-
 
 # ----------------------------------------------------------------------------- GAE
 @dataclass
@@ -183,7 +181,12 @@ class PPOConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> "PPOConfig":
         """From a dict/DictConfig; an unknown key (a typo in a hydra override) is an error that
         names it. hydra's own `_target_` key is ignored."""
-        return dataclass_from_dict(cls, values, "rl_training.ppo_trainer")
+        valid = [f.name for f in dataclasses.fields(cls)]
+        kwargs = {k: v for k, v in dict(values).items() if k != "_target_"}
+        unknown = sorted(set(kwargs) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown rl_training.ppo_trainer key(s) {unknown}; valid keys: {valid}")
+        return cls(**kwargs)
 
 
 def _lr_factor(schedule: str, total_epochs: Optional[int], epoch: int) -> float:

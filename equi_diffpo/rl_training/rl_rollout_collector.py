@@ -81,13 +81,10 @@ class RLRolloutCollector:
         self._seed_rng = np.random.default_rng(seed)
 
     @torch.no_grad()
-    def collect(self, policy: RLPolicyBase, critic: Optional[torch.nn.Module], tag: str = "rollout") -> RolloutBatch:
-        """``critic``: the state-value function whose estimates fill ``values``/``next_values`` (PPO's GAE);
-        None for a learner that needs none (SAC keeps its own Q): they are then zeros."""
+    def collect(self, policy: RLPolicyBase, critic: torch.nn.Module, tag: str = "rollout") -> RolloutBatch:
         device = next(policy.parameters()).device
         policy.eval()
-        if critic is not None:
-            critic.eval()
+        critic.eval()
 
         keep_cond = policy.obs_encoder_frozen
         critic_reads_cond = keep_cond and getattr(critic, "reads_policy_features", False)
@@ -95,10 +92,7 @@ class RLRolloutCollector:
         def policy_step(batch: Dict[str, np.ndarray], rngs: List[torch.Generator]) -> Dict[str, np.ndarray]:
             obs = torch_obs(batch, device)
             sample = policy.sample_actions(obs, generators=rngs)
-            if critic is None:
-                value = torch.zeros(sample.log_prob.shape)
-            else:
-                value = critic(obs, features=sample.cond) if critic_reads_cond else critic(obs)
+            value = critic(obs, features=sample.cond) if critic_reads_cond else critic(obs)
             out = {"action": policy.env_actions(sample.action), "chains": sample.chains.cpu().numpy(),
                    "log_prob": sample.log_prob.cpu().numpy(), "value": value.cpu().numpy()}
             if keep_cond:
@@ -114,7 +108,7 @@ class RLRolloutCollector:
         steps = [s for e in episodes for s in e.steps]
         truncated = np.array([s.truncated for s in steps])
         next_values = np.zeros(len(steps), dtype=np.float32)
-        if critic is not None and self.bootstrap_truncated and truncated.any():   # where the time limit, not the task, ended it
+        if self.bootstrap_truncated and truncated.any():   # where the time limit, not the task, ended it
             idx = np.flatnonzero(truncated)
             next_obs = {k: np.stack([steps[i].next_obs[k] for i in idx]) for k in steps[0].next_obs}
             next_values[idx] = critic(torch_obs(next_obs, device)).cpu().numpy()

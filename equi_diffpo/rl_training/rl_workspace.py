@@ -11,7 +11,6 @@ pipeline (merged into ``task``, so this run's checkpoints record it) and needs `
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Dict, Optional
 
@@ -23,20 +22,16 @@ from tqdm import tqdm
 from equi_diffpo.common.checkpoint_io import CheckpointError, check_policy_config, load_policy
 from equi_diffpo.common.config_checks import RL_RULES, check_config, check_minibatch_fits
 from equi_diffpo.common.distributed import DistInfo, broadcast_module, cleanup_distributed, init_distributed
-from equi_diffpo.common.errors import ConfigError
 from equi_diffpo.common.hydra_cli import with_original_observations, written_by_original_code
 from equi_diffpo.common.interrupt import InterruptGuard, raise_if_interrupted
 from equi_diffpo.common.run_logger import RunLogger
 from equi_diffpo.common.threads import torch_threads
-from equi_diffpo.env.robosuite_env import privileged_obs_dim
 from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
 from equi_diffpo.policy.rl_policy_factory import build_rl_policy
 from equi_diffpo.rl_training.critic import build_critic
-from equi_diffpo.rl_training.latent_q import LatentQCritic
 from equi_diffpo.rl_training.ppo_trainer import PPOBatch, PPOConfig, PPOTrainer, compute_gae
 from equi_diffpo.rl_training.reward_scaling import RunningRewardScaler
 from equi_diffpo.rl_training.rl_rollout_collector import RLRolloutCollector, RolloutBatch
-from equi_diffpo.rl_training.sac_trainer import SACConfig, SACTrainer
 from equi_diffpo.workspace.base_workspace import BaseWorkspace, resolve_device, set_seed
 
 
@@ -88,22 +83,13 @@ class RLWorkspace(BaseWorkspace):
         task = cfg.task
         check_policy_config(base.task_dims(), {"point_dim": task.point_dim, "agent_pos_dim": task.agent_pos_dim,
                                                "action_dim": task.action_dim}, cfg.pretrained_policy_path)
+        check_minibatch_fits(cfg, base.n_action_steps)
         self.model = base
         self.pretrained_policy_cfg = OmegaConf.to_container(ckpt_cfg.policy, resolve=True)
         self.rl_policy = build_rl_policy(base, cfg.rl_policy).to(self.device)
         # Policy-gradient noise on the point-cloud features can wreck a pretrained encoder:
         # by default PPO tunes the velocity net and noise head only.
         base.obs_encoder.requires_grad_(bool(cfg.rl_training.finetune_obs_encoder))
-        # The learner: PPO (GAE, state-value critic), or SAC for a view that asks for it (rl_policy=dsrl).
-        self.algorithm = getattr(self.rl_policy, "algorithm", "ppo")
-        if self.algorithm == "sac":
-            self._build_sac(base, task)
-        else:
-            self._build_ppo(base, task)
-
-    def _build_ppo(self, base: torch.nn.Module, task: DictConfig) -> None:
-        cfg = self.cfg
-        check_minibatch_fits(cfg, base.n_action_steps)
         self.critic = build_critic(cfg.critic, self.rl_policy, base, task, base.n_obs_steps).to(self.device)
         broadcast_module(self.rl_policy)
         broadcast_module(self.critic)
@@ -113,17 +99,6 @@ class RLWorkspace(BaseWorkspace):
         self.trainer = PPOTrainer(self.rl_policy, self.critic, ppo_cfg)
         self.reward_scaler = RunningRewardScaler(ppo_cfg.gamma) if cfg.rl_training.reward_scaling else None
         self.ppo_cfg = ppo_cfg
-
-    def _build_sac(self, base: torch.nn.Module, task: DictConfig) -> None:
-        """Twin Q on (privileged state, x0) + SAC trainer; the ``critic`` config group is not read."""
-        if self.dist.world_size > 1:
-            raise ConfigError("rl_policy=dsrl (SAC) runs in one process; launch it without torchrun")
-        sac_cfg = SACConfig.from_dict(OmegaConf.to_container(self.cfg.rl_training.sac_trainer, resolve=True))
-        self.critic = LatentQCritic(task.agent_pos_dim, privileged_obs_dim(task.name), self.rl_policy.latent_dim,
-                                    sac_cfg.critic_hidden).to(self.device)
-        self.trainer = SACTrainer(self.rl_policy, self.critic, sac_cfg, seed=self.cfg.training.seed)
-        self.reward_scaler = None   # SAC scales rewards by sac_trainer.reward_scale
-        self.sac_cfg = sac_cfg
 
     # ------------------------------------------------------------------ pieces
     def make_collector(self) -> RLRolloutCollector:
@@ -150,35 +125,24 @@ class RLWorkspace(BaseWorkspace):
         cfg.policy = {**self.pretrained_policy_cfg, **self.model.get_policy_config()}
         return {**payload, "cfg": cfg}
 
-    def ppo_update(self, rollout: RolloutBatch) -> Dict[str, float]:
-        """GAE over the rollout, then one PPO update."""
+    def train_epoch(self, collector: RLRolloutCollector) -> Dict[str, Any]:
+        """One RL epoch: collect a batch of whole episodes, then one PPO update."""
+        rollout = collector.collect(self.rl_policy, self.critic, tag=f"rollout{self.epoch:04d}")
         rewards = self.reward_scaler(rollout.rewards, rollout.episode_end) if self.reward_scaler else rollout.rewards
         batch = rollout_to_ppo_batch(rollout, rewards, self.ppo_cfg.gamma, self.ppo_cfg.gae_lambda).to(self.device)
         if getattr(self.critic, "needs_input_stats", False):   # critic.encoder=privileged: once, on the first batch
             self.critic.fit_input_stats(batch.obs)
             broadcast_module(self.critic)                        # every rank keeps rank 0's statistics
-        stats = self.trainer.update(batch, self.epoch)
-        self.trainer.scheduler_step()
-        return stats.as_dict()
-
-    def sac_update(self, rollout: RolloutBatch) -> Dict[str, float]:
-        """The rollout into the replay, then ``updates_per_transition`` SAC steps per new transition."""
-        added = self.trainer.add_rollout(rollout)
-        return self.trainer.update(math.ceil(added * self.sac_cfg.updates_per_transition))
-
-    def train_epoch(self, collector: RLRolloutCollector) -> Dict[str, Any]:
-        """One RL epoch: collect a batch of whole episodes, then one update of the learner (PPO or SAC)."""
-        sac = self.algorithm == "sac"
-        rollout = collector.collect(self.rl_policy, None if sac else self.critic, tag=f"rollout{self.epoch:04d}")
         start = time.time()
         self.rl_policy.train()
         self.critic.train()
         with torch_threads(int(self.cfg.rl_training.get("update_threads") or torch.get_num_threads())):
-            stats = self.sac_update(rollout) if sac else self.ppo_update(rollout)
+            stats = self.trainer.update(batch, self.epoch)
+        self.trainer.scheduler_step()
         update_seconds = time.time() - start
         self.env_steps += rollout.env_steps * self.dist.world_size
         self.global_step += 1
-        metrics: Dict[str, Any] = {**rollout.metrics(), **stats, "perf/update_seconds": update_seconds,
+        metrics: Dict[str, Any] = {**rollout.metrics(), **stats.as_dict(), "perf/update_seconds": update_seconds,
                                    "perf/env_steps": self.env_steps, "charts/epoch": self.epoch,
                                    "charts/SPS": rollout.env_steps / (rollout.seconds + update_seconds)}
         metrics["video_paths"] = rollout.video_paths

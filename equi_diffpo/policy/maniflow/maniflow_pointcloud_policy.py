@@ -105,8 +105,7 @@ class ManiFlowTransformerPointcloudPolicy(NoisePriorMixin, nn.Module):
                  noise_prior: bool = NOISE_PRIOR_DEFAULTS["noise_prior"],
                  noise_prior_hidden: int = NOISE_PRIOR_DEFAULTS["noise_prior_hidden"],
                  noise_prior_std_min: float = NOISE_PRIOR_DEFAULTS["noise_prior_std_min"],
-                 noise_prior_chunk_shift: bool = NOISE_PRIOR_DEFAULTS["noise_prior_chunk_shift"],
-                 noise_prior_mean_bound: float = NOISE_PRIOR_DEFAULTS["noise_prior_mean_bound"], **options: Any):
+                 noise_prior_chunk_shift: bool = NOISE_PRIOR_DEFAULTS["noise_prior_chunk_shift"], **options: Any):
         super().__init__()
         self.time = get_time_convention(time_convention)
         for key, value in options.items():
@@ -153,8 +152,7 @@ class ManiFlowTransformerPointcloudPolicy(NoisePriorMixin, nn.Module):
         # What RL may change or the loader states, beyond the checkpoint's own cfg.policy (get_policy_config).
         self._config = dict(time_convention=self.time.name, noise_prior=bool(noise_prior),
                             noise_prior_hidden=int(noise_prior_hidden), noise_prior_std_min=float(noise_prior_std_min),
-                            noise_prior_chunk_shift=bool(noise_prior_chunk_shift),
-                            noise_prior_mean_bound=float(noise_prior_mean_bound))
+                            noise_prior_chunk_shift=bool(noise_prior_chunk_shift))
         self.noise_prior = self._build_noise_prior() if noise_prior else None
         self.residual_head = None   # residual RL (rl_policy=residual) is for the U-Net policy only
 
