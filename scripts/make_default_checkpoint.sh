@@ -5,7 +5,11 @@
 #                      a fully trained lift policy comes from scripts/train.py with more epochs.
 #   stack_d0:          the BC recipe of docs/EXPERIMENTS.md: rgb point clouds (the task yaml), sample prediction, bf16,
 #                      a 30-epoch cosine schedule stopped after EPOCHS=10 epochs (0.72 over 100 episodes; ~15 min BC).
+#   lift_d0, SCHEDULE_EPOCHS=30 and EPOCHS=10: a stronger natural start (epoch 10 of a 30-epoch cosine run; 0.68), the
+#                      start of docs/EXPERIMENTS.md 2026-12-05e: OUT=data/checkpoints/lift_d0_bc10.ckpt SCHEDULE_EPOCHS=30 \
+#                      bash scripts/make_default_checkpoint.sh lift_d0 100 10
 # Usage: bash scripts/make_default_checkpoint.sh [TASK] [N_DEMOS] [EPOCHS]   (TASK may be left out: lift_d0)
+# Env: OUT (default data/checkpoints/<TASK>_default.ckpt), SCHEDULE_EPOCHS (lift_d0: the LR schedule's length, default EPOCHS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=lift_d0
@@ -13,16 +17,16 @@ if [[ $# -gt 0 && ! $1 =~ ^[0-9]+$ ]]; then TASK=$1; shift; fi
 N_DEMOS=${1:-100}
 PY=${PYTHON:-.venv/bin/python}
 case "$TASK" in
-    lift_d0)  EPOCHS=${2:-8};  RECIPE=(training.num_epochs="$EPOCHS") ;;
+    lift_d0)  EPOCHS=${2:-8};  RECIPE=(training.num_epochs="${SCHEDULE_EPOCHS:-$EPOCHS}" training.stop_at_epoch="$EPOCHS") ;;
     stack_d0) EPOCHS=${2:-10}; RECIPE=(policy.prediction=sample training.precision=bf16 training.num_epochs=30
                                        training.stop_at_epoch="$EPOCHS") ;;
     *) echo "no default-checkpoint recipe for TASK=$TASK (lift_d0, stack_d0)" >&2; exit 2 ;;
 esac
-RUN=data/outputs/default_checkpoint_$TASK
+OUT=${OUT:-data/checkpoints/${TASK}_default.ckpt}
+RUN=data/outputs/checkpoint_$(basename "$OUT" .ckpt)
 $PY scripts/generate_demos.py task_name="$TASK" n_demos="$N_DEMOS" seed=0
 $PY scripts/convert_to_pointcloud.py task_name="$TASK"
 $PY scripts/train.py task_name="$TASK" training.checkpoint_every="$EPOCHS" training.rollout_every=0 \
     training.resume=false logging.mode=disabled hydra.run.dir="$RUN" "${RECIPE[@]}"
-$PY scripts/export_checkpoint.py "$RUN/checkpoints/latest.ckpt" "data/checkpoints/${TASK}_default.ckpt"
-$PY scripts/eval_policy.py checkpoint="data/checkpoints/${TASK}_default.ckpt" n_episodes=100 n_videos=0 \
-    output_dir="$RUN/eval_default"
+$PY scripts/export_checkpoint.py "$RUN/checkpoints/latest.ckpt" "$OUT"
+$PY scripts/eval_policy.py checkpoint="$OUT" n_episodes=100 n_videos=0 output_dir="$RUN/eval"
