@@ -33,7 +33,7 @@ class ConditionalNoisePrior(nn.Module):
     """
 
     def __init__(self, cond_dim: int, horizon: int, action_dim: int, hidden: int = 256, std_min: float = 0.1,
-                 chunk_shift: bool = False, entry_mean: bool = False):
+                 chunk_shift: bool = False):
         super().__init__()
         if not 0 < std_min <= 1:
             raise ValueError(f"noise prior std_min must lie in (0, 1], got {std_min}")
@@ -45,20 +45,8 @@ class ConditionalNoisePrior(nn.Module):
         nn.init.zeros_(out.bias)
         self.mean_net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.Mish(), out)
         self.log_std = nn.Parameter(torch.zeros(self.shape))
-        self.entry_net = None
-        if entry_mean:
-            self.add_entry_mean(hidden)
-
-    def add_entry_mean(self, hidden: int) -> None:
-        out = nn.Linear(hidden, self.shape[0] * self.shape[1])
-        nn.init.zeros_(out.weight)
-        nn.init.zeros_(out.bias)
-        cond_dim = self.mean_net[0].in_features
-        self.entry_net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.Mish(), out).to(self.log_std.device)
 
     def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.mean_net(cond).view(cond.shape[0], *self.mean_shape).expand(-1, *self.shape)
-        if self.entry_net is not None:
-            mean = mean + self.entry_net(cond).view(cond.shape[0], *self.shape)
         std = self.log_std.clamp(self.log_std_min, 0.0).exp().expand_as(mean)
         return mean, std

@@ -39,24 +39,22 @@ class LatentNoisePolicy(RLPolicyBase):
 
     def __init__(self, base_policy: FlowPolicy, noise_prior_hidden: int = 256,
                  noise_prior_std_min: float = 0.1, noise_prior_chunk_shift: bool = True,
-                 noise_prior_chunk_std: float = 0.5, noise_prior_entry_mean: bool = False):
+                 noise_prior_chunk_std: float = 0.5):
         """``noise_prior_*``: the prior's MLP width, std floor, one mean shift per action dim for the whole
         chunk (see :mod:`equi_diffpo.model.noise_prior`); ``noise_prior_chunk_std`` > 0: chunk-shared
         exploration std per action dim at the start (learnable)."""
         super().__init__(base_policy)
-        self._setup_prior(True, noise_prior_hidden, noise_prior_std_min, noise_prior_chunk_shift, noise_prior_chunk_std,
-                          noise_prior_entry_mean)
+        self._setup_prior(True, noise_prior_hidden, noise_prior_std_min, noise_prior_chunk_shift, noise_prior_chunk_std)
         base_policy.velocity_net.requires_grad_(False)
 
-    def _setup_prior(self, learn: bool, hidden: int, std_min: float, chunk_shift: bool, chunk_std: float,
-                     entry_mean: bool = False) -> None:
+    def _setup_prior(self, learn: bool, hidden: int, std_min: float, chunk_shift: bool, chunk_std: float) -> None:
         """Give ``base`` a learnable prior (``learn``; kept if it already has one) and the chunk-shared std."""
         base = self.base
         if base.residual_head is not None:
             raise ValueError("the checkpoint's policy has a residual head, which this method would ignore in its "
                              "rollouts: fine-tune it with rl_policy=residual")
         if learn:
-            base.enable_noise_prior(hidden, std_min, chunk_shift, entry_mean)
+            base.enable_noise_prior(hidden, std_min, chunk_shift)
         if not 0 <= chunk_std <= 1:
             raise ValueError(f"rl_policy.noise_prior_chunk_std must lie in [0, 1], got {chunk_std}")
         if chunk_std > 0 and base.noise_prior is None:

@@ -60,7 +60,7 @@ class ManiFlowPointcloudPolicy(NoisePriorMixin, nn.Module):
                  time_embed_dim: int = 64, n_groups: int = 8, clip_sample: bool = True,
                  time_convention: str = TIME_CONVENTION, prediction: str = "velocity", noise_prior: bool = False,
                  noise_prior_hidden: int = 256, noise_prior_std_min: float = 0.1,
-                 noise_prior_chunk_shift: bool = False, noise_prior_entry_mean: bool = False, residual: bool = False, residual_hidden: int = 256,
+                 noise_prior_chunk_shift: bool = False, residual: bool = False, residual_hidden: int = 256,
                  residual_scale: float = 0.1, residual_std_init: float = 0.5, residual_std_min: float = 0.05,
                  residual_per_chunk: bool = False, flow_sampling: bool = False, selector: bool = False,
                  selector_candidates: int = 16, selector_hidden: int = 256):
@@ -91,8 +91,7 @@ class ManiFlowPointcloudPolicy(NoisePriorMixin, nn.Module):
             clip_sample=bool(clip_sample), time_convention=TIME_CONVENTION, prediction=str(prediction),
             noise_prior=bool(noise_prior),
             noise_prior_hidden=int(noise_prior_hidden), noise_prior_std_min=float(noise_prior_std_min),
-            noise_prior_chunk_shift=bool(noise_prior_chunk_shift), noise_prior_entry_mean=bool(noise_prior_entry_mean),
-            residual=bool(residual),
+            noise_prior_chunk_shift=bool(noise_prior_chunk_shift), residual=bool(residual),
             residual_hidden=int(residual_hidden), residual_scale=float(residual_scale),
             residual_std_init=float(residual_std_init), residual_std_min=float(residual_std_min),
             residual_per_chunk=bool(residual_per_chunk), flow_sampling=bool(flow_sampling), selector=bool(selector),

@@ -21,7 +21,7 @@ import torch
 from equi_diffpo.model.noise_prior import ConditionalNoisePrior
 
 NOISE_PRIOR_DEFAULTS = dict(noise_prior=False, noise_prior_hidden=256, noise_prior_std_min=0.1,
-                            noise_prior_chunk_shift=False, noise_prior_entry_mean=False)
+                            noise_prior_chunk_shift=False)
 
 
 class NoisePriorMixin:
@@ -30,20 +30,15 @@ class NoisePriorMixin:
     def _build_noise_prior(self) -> ConditionalNoisePrior:
         c = self._config
         return ConditionalNoisePrior(self.cond_dim, self.horizon, self.action_dim, c["noise_prior_hidden"],
-                                     c["noise_prior_std_min"], c["noise_prior_chunk_shift"],
-                                     c.get("noise_prior_entry_mean", False))
+                                     c["noise_prior_std_min"], c["noise_prior_chunk_shift"])
 
-    def enable_noise_prior(self, hidden: int = 256, std_min: float = 0.1, chunk_shift: bool = False,
-                           entry_mean: bool = False) -> None:
+    def enable_noise_prior(self, hidden: int = 256, std_min: float = 0.1, chunk_shift: bool = False) -> None:
         """Add a (still identity) learnable noise prior to a policy trained without one; recorded
         in ``get_policy_config`` so checkpoints rebuild it. No-op if the policy already has one."""
         if self.noise_prior is not None:
-            if entry_mean and self.noise_prior.entry_net is None:
-                self.noise_prior.add_entry_mean(int(hidden))
-                self._config.update(noise_prior_entry_mean=True)
             return
         self._config.update(noise_prior=True, noise_prior_hidden=int(hidden), noise_prior_std_min=float(std_min),
-                            noise_prior_chunk_shift=bool(chunk_shift), noise_prior_entry_mean=bool(entry_mean))
+                            noise_prior_chunk_shift=bool(chunk_shift))
         self.noise_prior = self._build_noise_prior().to(self.device)
 
     @property
