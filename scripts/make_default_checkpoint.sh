@@ -9,7 +9,7 @@
 #                      start of docs/EXPERIMENTS.md 2026-12-05e: OUT=data/checkpoints/lift_d0_bc10.ckpt SCHEDULE_EPOCHS=30 \
 #                      bash scripts/make_default_checkpoint.sh lift_d0 100 10
 # Usage: bash scripts/make_default_checkpoint.sh [TASK] [N_DEMOS] [EPOCHS]   (TASK may be left out: lift_d0)
-# Env: OUT (default data/checkpoints/<TASK>_default.ckpt), SCHEDULE_EPOCHS (lift_d0: the LR schedule's length, default EPOCHS).
+# Env: OUT (default data/checkpoints/<TASK>_default.ckpt), SCHEDULE_EPOCHS (the LR schedule's length; lift_d0: EPOCHS, stack_d0: 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=lift_d0
@@ -17,11 +17,11 @@ if [[ $# -gt 0 && ! $1 =~ ^[0-9]+$ ]]; then TASK=$1; shift; fi
 N_DEMOS=${1:-100}
 PY=${PYTHON:-.venv/bin/python}
 case "$TASK" in
-    lift_d0)  EPOCHS=${2:-8};  RECIPE=(training.num_epochs="${SCHEDULE_EPOCHS:-$EPOCHS}" training.stop_at_epoch="$EPOCHS") ;;
-    stack_d0) EPOCHS=${2:-10}; RECIPE=(policy.prediction=sample training.precision=bf16 training.num_epochs=30
-                                       training.stop_at_epoch="$EPOCHS") ;;
+    lift_d0)  EPOCHS=${2:-8};  SCHEDULE=${SCHEDULE_EPOCHS:-$EPOCHS}; RECIPE=() ;;
+    stack_d0) EPOCHS=${2:-10}; SCHEDULE=${SCHEDULE_EPOCHS:-30}; RECIPE=(policy.prediction=sample training.precision=bf16) ;;
     *) echo "no default-checkpoint recipe for TASK=$TASK (lift_d0, stack_d0)" >&2; exit 2 ;;
 esac
+RECIPE+=(training.num_epochs="$SCHEDULE" training.stop_at_epoch="$EPOCHS")
 OUT=${OUT:-data/checkpoints/${TASK}_default.ckpt}
 RUN=data/outputs/checkpoint_$(basename "$OUT" .ckpt)
 $PY scripts/generate_demos.py task_name="$TASK" n_demos="$N_DEMOS" seed=0
