@@ -106,3 +106,12 @@ def test_unknown_ppo_key_names_it(tiny_checkpoint, tmp_path):
     cfg = rl_cfg(tiny_checkpoint, "+rl_training.ppo_trainer.clip_ration=0.1")
     with pytest.raises(ValueError, match=r"unknown rl_training\.ppo_trainer key\(s\) \['clip_ration'\]"):
         RLWorkspace(cfg, output_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_lr_schedule_decays_over_the_runs_epochs(tiny_checkpoint, tmp_path, schedule):
+    """rl_training.ppo_trainer.lr_schedule=linear|cosine (config/train_maniflow_pointcloud_rl.yaml) decays over
+    rl_training.num_epochs: the workspace must hand that horizon to PPOConfig before it checks the schedule."""
+    workspace = RLWorkspace(rl_cfg(tiny_checkpoint, f"rl_training.ppo_trainer.lr_schedule={schedule}",
+                                   "rl_training.num_epochs=7"), output_dir=str(tmp_path))
+    assert workspace.ppo_cfg.total_epochs == 7

@@ -93,9 +93,9 @@ class RLWorkspace(BaseWorkspace):
         self.critic = build_critic(cfg.critic, self.rl_policy, base, task, base.n_obs_steps).to(self.device)
         broadcast_module(self.rl_policy)
         broadcast_module(self.critic)
-        ppo_cfg = PPOConfig.from_dict(OmegaConf.to_container(cfg.rl_training.ppo_trainer, resolve=True))
-        if ppo_cfg.lr_schedule != "constant":
-            ppo_cfg.total_epochs = cfg.rl_training.num_epochs
+        # The cosine/linear LR decay runs over the whole run; given before PPOConfig checks the schedule.
+        ppo_cfg = PPOConfig.from_dict({**OmegaConf.to_container(cfg.rl_training.ppo_trainer, resolve=True),
+                                       "total_epochs": cfg.rl_training.num_epochs})
         self.trainer = PPOTrainer(self.rl_policy, self.critic, ppo_cfg)
         self.reward_scaler = RunningRewardScaler(ppo_cfg.gamma) if cfg.rl_training.reward_scaling else None
         self.ppo_cfg = ppo_cfg
