@@ -39,7 +39,15 @@ class ChunkSelector(nn.Module):
     def forward(self, cond: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """cond ``(B, cond_dim)``, candidates ``(B, N, horizon, Da)`` normalized, unclamped final chunks
         (only their executed slice is read) -> logits ``(B, N)``."""
-        B, N = candidates.shape[:2]
-        executed = candidates[:, :, self.exec_slice].clamp(-1.0, 1.0).flatten(2)          # (B, N, Ta * Da)
+        return self.score_executed(cond, self.executed_slices(candidates))
+
+    def executed_slices(self, candidates: torch.Tensor) -> torch.Tensor:
+        """``(B, N, horizon, Da)`` candidates -> what the scorer reads of them ``(B, N, Ta * Da)``: the executed
+        steps, clamped to [-1, 1] as they will be executed (an off-policy replay stores only these)."""
+        return candidates[:, :, self.exec_slice].clamp(-1.0, 1.0).flatten(2)
+
+    def score_executed(self, cond: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        """cond ``(B, cond_dim)``, executed slices ``(B, N, Ta * Da)`` -> scores ``(B, N)``."""
+        B, N = executed.shape[:2]
         features = torch.cat([cond.unsqueeze(1).expand(B, N, cond.shape[-1]), executed], dim=-1)
         return self.score_net(features).squeeze(-1)

@@ -48,9 +48,13 @@ class ChunkSelectionPolicy(FrozenFlowHeadPolicy):
     def head(self) -> ChunkSelector:
         return self.base.chunk_selector
 
+    def _logits(self, cond: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The choice's logits ``(B, N)``: the selector's scores (a subclass may rescale them)."""
+        return self.head(cond, candidates)
+
     def _terms(self, chains: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-prob of slot 0 and the categorical entropy ``(B,)`` for ``chains`` ``(B, N, horizon, Da)``."""
-        log_p = torch.log_softmax(self.head(cond, chains), dim=1)
+        log_p = torch.log_softmax(self._logits(cond, chains), dim=1)
         return log_p[:, 0], -(log_p.exp() * log_p).sum(dim=1)
 
     @staticmethod
@@ -74,7 +78,7 @@ class ChunkSelectionPolicy(FrozenFlowHeadPolicy):
         if noise is None:
             noise = self.draw(cond, generators, *self.base.noise_shape)
         candidates = self.base.candidate_chunks(cond, noise.to(cond))
-        logits = self.head(cond, candidates)
+        logits = self._logits(cond, candidates)
         chosen = logits.argmax(dim=1) if deterministic else self._choose(logits, generators)
         rows = torch.arange(cond.shape[0], device=cond.device)
         chains = candidates.clone()

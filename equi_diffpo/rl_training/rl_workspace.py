@@ -28,6 +28,7 @@ from equi_diffpo.common.run_logger import RunLogger
 from equi_diffpo.common.threads import torch_threads
 from equi_diffpo.env_runner.pointcloud_runner import PointCloudEnvRunner
 from equi_diffpo.policy.rl_policy_factory import build_rl_policy
+from equi_diffpo.rl_training.chunk_q_trainer import ChunkQConfig, ChunkQTrainer
 from equi_diffpo.rl_training.critic import build_critic
 from equi_diffpo.rl_training.ppo_trainer import PPOBatch, PPOConfig, PPOTrainer, compute_gae
 from equi_diffpo.rl_training.reward_scaling import RunningRewardScaler
@@ -96,8 +97,14 @@ class RLWorkspace(BaseWorkspace):
         # The cosine/linear LR decay runs over the whole run; given before PPOConfig checks the schedule.
         ppo_cfg = PPOConfig.from_dict({**OmegaConf.to_container(cfg.rl_training.ppo_trainer, resolve=True),
                                        "total_epochs": cfg.rl_training.num_epochs})
-        self.trainer = PPOTrainer(self.rl_policy, self.critic, ppo_cfg)
-        self.reward_scaler = RunningRewardScaler(ppo_cfg.gamma) if cfg.rl_training.reward_scaling else None
+        # Off-policy methods (rl_policy=qselect) learn a chunk critic from a replay instead of PPO's update.
+        self.off_policy = bool(getattr(self.rl_policy, "off_policy", False))
+        if self.off_policy:
+            self.trainer = ChunkQTrainer(self.rl_policy, ChunkQConfig.from_dict(cfg.rl_training.get("chunk_q", {})))
+        else:
+            self.trainer = PPOTrainer(self.rl_policy, self.critic, ppo_cfg)
+        self.reward_scaler = (RunningRewardScaler(ppo_cfg.gamma) if cfg.rl_training.reward_scaling and not self.off_policy
+                              else None)
         self.ppo_cfg = ppo_cfg
 
     # ------------------------------------------------------------------ pieces
@@ -125,24 +132,29 @@ class RLWorkspace(BaseWorkspace):
         cfg.policy = {**self.pretrained_policy_cfg, **self.model.get_policy_config()}
         return {**payload, "cfg": cfg}
 
-    def train_epoch(self, collector: RLRolloutCollector) -> Dict[str, Any]:
-        """One RL epoch: collect a batch of whole episodes, then one PPO update."""
-        rollout = collector.collect(self.rl_policy, self.critic, tag=f"rollout{self.epoch:04d}")
+    def ppo_update(self, rollout: RolloutBatch) -> Dict[str, float]:
+        """GAE over the batch, then one PPO update of policy and critic."""
         rewards = self.reward_scaler(rollout.rewards, rollout.episode_end) if self.reward_scaler else rollout.rewards
         batch = rollout_to_ppo_batch(rollout, rewards, self.ppo_cfg.gamma, self.ppo_cfg.gae_lambda).to(self.device)
         if getattr(self.critic, "needs_input_stats", False):   # critic.encoder=privileged: once, on the first batch
             self.critic.fit_input_stats(batch.obs)
             broadcast_module(self.critic)                        # every rank keeps rank 0's statistics
-        start = time.time()
         self.rl_policy.train()
         self.critic.train()
-        with torch_threads(int(self.cfg.rl_training.get("update_threads") or torch.get_num_threads())):
-            stats = self.trainer.update(batch, self.epoch)
+        stats = self.trainer.update(batch, self.epoch)
         self.trainer.scheduler_step()
+        return stats.as_dict()
+
+    def train_epoch(self, collector: RLRolloutCollector) -> Dict[str, Any]:
+        """One RL epoch: collect a batch of whole episodes, then one PPO update (or the off-policy critic's steps)."""
+        rollout = collector.collect(self.rl_policy, self.critic, tag=f"rollout{self.epoch:04d}")
+        start = time.time()
+        with torch_threads(int(self.cfg.rl_training.get("update_threads") or torch.get_num_threads())):
+            stats = self.trainer.update(rollout) if self.off_policy else self.ppo_update(rollout)
         update_seconds = time.time() - start
         self.env_steps += rollout.env_steps * self.dist.world_size
         self.global_step += 1
-        metrics: Dict[str, Any] = {**rollout.metrics(), **stats.as_dict(), "perf/update_seconds": update_seconds,
+        metrics: Dict[str, Any] = {**rollout.metrics(), **stats, "perf/update_seconds": update_seconds,
                                    "perf/env_steps": self.env_steps, "charts/epoch": self.epoch,
                                    "charts/SPS": rollout.env_steps / (rollout.seconds + update_seconds)}
         metrics["video_paths"] = rollout.video_paths
