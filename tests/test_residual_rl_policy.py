@@ -114,13 +114,14 @@ def test_generators_make_samples_reproducible(obs):
 def test_factory_builds_each_yaml_method_and_names_bad_keys():
     rl = build_rl_policy(make_base(), rl_policy_config("residual", residual_hidden=32, residual_scale=0.2))
     assert isinstance(rl, ResidualRLPolicy) and rl.head.scale == 0.2 and rl.base.noise_prior is None
-    assert rl_policy_names() == ["chain", "fpo", "latent", "residual", "select"]
+    assert rl_policy_names() == ["chain", "fpo", "latent", "qselect", "residual", "select"]
     for name in rl_policy_names():   # every shipped yaml builds its class with its own keys only
         assert type(build_rl_policy(make_base(), rl_policy_config(name))).__name__ in (
-            "NoisyChainPolicy", "FPORLPolicy", "LatentNoisePolicy", "ResidualRLPolicy", "ChunkSelectionPolicy")
+            "NoisyChainPolicy", "FPORLPolicy", "LatentNoisePolicy", "ResidualRLPolicy", "ChunkSelectionPolicy",
+            "ChunkQSelectionPolicy")
     with pytest.raises(ValueError, match=r"unknown rl_policy key\(s\) \['sigma_min'\] for ResidualRLPolicy"):
         build_rl_policy(make_base(), rl_policy_config("residual", sigma_min=0.1))   # another method's key
-    with pytest.raises(ValueError, match="valid: \\['chain', 'fpo', 'latent', 'residual', 'select'\\]"):
+    with pytest.raises(ValueError, match="valid: \\['chain', 'fpo', 'latent', 'qselect', 'residual', 'select'\\]"):
         rl_policy_config("resid")
     with pytest.raises(ValueError, match="rl_policy=residual"):   # a residual checkpoint under the latent method
         build_rl_policy(rl.base, rl_policy_config("latent"))
