@@ -59,7 +59,7 @@ def test_seed_readme_overrides_compose():
     assert cfg.training.device == "cuda:1" and cfg.training.seed == 3 and cfg.logging.mode == "disabled"
 
 
-@pytest.mark.parametrize("method", ["latent", "chain", "residual", "fpo", "select"])
+@pytest.mark.parametrize("method", ["latent", "chain", "residual", "fpo", "select", "qselect"])
 def test_each_rl_method_is_a_group_choice_with_only_its_keys(method):
     cfg = compose_cfg("train_maniflow_pointcloud_rl", [f"rl_policy={method}"])
     keys = {k: v for k, v in cfg.rl_policy.items() if k != "_target_"}
