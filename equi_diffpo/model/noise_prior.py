@@ -46,6 +46,14 @@ class ConditionalNoisePrior(nn.Module):
         self.mean_net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.Mish(), out)
         self.log_std = nn.Parameter(torch.zeros(self.shape))
 
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Put ``log_std`` back into ``[log(std_min), 0]`` after an optimizer step. Why: ``forward``'s clamp
+        passes no gradient to an entry outside the box, so an entry one step pushed above 0 stayed there for
+        good (the shipped lift_d0_ppo.ckpt had 145 of its 160 entries at +0.00..+0.003 after 449k env steps:
+        PPO could never narrow them again). Projected, every entry keeps its gradient."""
+        self.log_std.clamp_(self.log_std_min, 0.0)
+
     def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.mean_net(cond).view(cond.shape[0], *self.mean_shape).expand(-1, *self.shape)
         std = self.log_std.clamp(self.log_std_min, 0.0).exp().expand_as(mean)

@@ -68,6 +68,13 @@ class LatentNoisePolicy(RLPolicyBase):
         prior = list(self.base.noise_prior.parameters()) if self.base.noise_prior is not None else []
         return prior + ([self.chunk_log_std] if self.chunk_log_std is not None else [])
 
+    @torch.no_grad()
+    def project_parameters_(self) -> None:
+        """The prior's box (base class) and the chunk-shared std's upper bound 1 (``chunk_std`` clamps it)."""
+        super().project_parameters_()
+        if self.chunk_log_std is not None:
+            self.chunk_log_std.clamp_(max=0.0)
+
     @property
     def num_steps(self) -> int:
         """K: Euler steps in a stored chain."""

@@ -116,6 +116,13 @@ class RLPolicyBase(nn.Module):
         """Parameters added for RL (zero-initialised heads): trained at ``ppo_trainer.head_lr``."""
         return []
 
+    @torch.no_grad()
+    def project_parameters_(self) -> None:
+        """Called by the trainer after each policy optimizer step: puts box-constrained parameters (a learned
+        noise prior's ``log_std``) back into their box, so a clamp in the forward pass never cuts their gradient."""
+        if self.base.noise_prior is not None:
+            self.base.noise_prior.project_()
+
     @property
     def obs_encoder_frozen(self) -> bool:
         """True when no encoder parameter trains: ``encode_obs`` is then a constant function of the obs,

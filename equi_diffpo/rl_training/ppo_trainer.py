@@ -294,6 +294,8 @@ class PPOTrainer:
             # Two optimizers stepping one tensor would double its update.
             raise ValueError("policy and critic share parameters; give the critic its own encoder")
         head_ids = {id(p) for p in getattr(policy, "head_parameters", lambda: [])()}
+        # RL views put box-constrained parameters back after each step (RLPolicyBase.project_parameters_).
+        self.project_policy_parameters = getattr(policy, "project_parameters_", lambda: None)
         policy_groups = [{"params": [p for p in self.policy_params if id(p) not in head_ids], "lr": cfg.policy_lr}]
         heads = [p for p in self.policy_params if id(p) in head_ids]
         if heads:
@@ -369,6 +371,7 @@ class PPOTrainer:
                 self._clip_and_step(self.critic_params, self.critic_optimizer, max_grad_norm, "critic", where, logs)
                 if policy_active:
                     self._clip_and_step(self.policy_params, self.policy_optimizer, max_grad_norm, "policy", where, logs)
+                    self.project_policy_parameters()
 
         mean = lambda k: sum(logs[k]) / len(logs[k]) if logs.get(k) else None  # noqa: E731
         var_y = b.returns.var(correction=0)
