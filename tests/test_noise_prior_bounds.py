@@ -41,3 +41,14 @@ def test_ppo_update_keeps_the_prior_and_chunk_std_inside_their_box():
     PPOTrainer(policy, critic, PPOConfig(ppo_epochs=1, mini_batch_size=16, head_lr=1e-3)).update(batch, epoch=0)
     assert prior.log_std.max() <= 0 and policy.chunk_log_std.max() <= 0
     assert prior.log_std.min() >= prior.log_std_min
+
+
+def test_diagnostics_report_the_prior_and_chunk_std():
+    policy, _ = make_policy_and_critic()
+    with torch.no_grad():
+        policy.base.noise_prior.log_std.fill_(-1.0)
+        policy.base.noise_prior.log_std[0, 0] = -2.0
+    stats = policy.diagnostics()
+    assert abs(stats["policy/noise_prior_std_min"] - torch.tensor(-2.0).exp().item()) < 1e-6
+    assert 0.13 < stats["policy/noise_prior_std_mean"] < torch.tensor(-1.0).exp().item()
+    assert abs(stats["policy/chunk_std_mean"] - 0.5) < 1e-6

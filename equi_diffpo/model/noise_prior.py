@@ -54,7 +54,11 @@ class ConditionalNoisePrior(nn.Module):
         PPO could never narrow them again). Projected, every entry keeps its gradient."""
         self.log_std.clamp_(self.log_std_min, 0.0)
 
+    def std(self) -> torch.Tensor:
+        """``(horizon, action_dim)`` std of ``x0``, inside ``[std_min, 1]`` (not observation-dependent)."""
+        return self.log_std.clamp(self.log_std_min, 0.0).exp()
+
     def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.mean_net(cond).view(cond.shape[0], *self.mean_shape).expand(-1, *self.shape)
-        std = self.log_std.clamp(self.log_std_min, 0.0).exp().expand_as(mean)
+        std = self.std().expand_as(mean)
         return mean, std

@@ -75,6 +75,14 @@ class LatentNoisePolicy(RLPolicyBase):
         if self.chunk_log_std is not None:
             self.chunk_log_std.clamp_(max=0.0)
 
+    @torch.no_grad()
+    def diagnostics(self) -> Dict[str, float]:
+        """The prior's std (base class) and the mean chunk-shared exploration std."""
+        stats = super().diagnostics()
+        if self.chunk_log_std is not None:
+            stats["policy/chunk_std_mean"] = self.chunk_std().mean().item()
+        return stats
+
     @property
     def num_steps(self) -> int:
         """K: Euler steps in a stored chain."""

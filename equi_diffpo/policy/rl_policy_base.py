@@ -123,6 +123,15 @@ class RLPolicyBase(nn.Module):
         if self.base.noise_prior is not None:
             self.base.noise_prior.project_()
 
+    @torch.no_grad()
+    def diagnostics(self) -> Dict[str, float]:
+        """Scalars logged after each RL epoch: the learned prior's per-entry std (mean, min), which shows whether
+        RL narrows the flow's input noise at all (``noise_prior.log_std`` is not observation-dependent)."""
+        if self.base.noise_prior is None:
+            return {}
+        std = self.base.noise_prior.std()
+        return {"policy/noise_prior_std_mean": std.mean().item(), "policy/noise_prior_std_min": std.min().item()}
+
     @property
     def obs_encoder_frozen(self) -> bool:
         """True when no encoder parameter trains: ``encode_obs`` is then a constant function of the obs,

@@ -154,7 +154,8 @@ class RLWorkspace(BaseWorkspace):
         update_seconds = time.time() - start
         self.env_steps += rollout.env_steps * self.dist.world_size
         self.global_step += 1
-        metrics: Dict[str, Any] = {**rollout.metrics(), **stats, "perf/update_seconds": update_seconds,
+        metrics: Dict[str, Any] = {**rollout.metrics(), **stats, **self.rl_policy.diagnostics(),
+                                   "perf/update_seconds": update_seconds,
                                    "perf/env_steps": self.env_steps, "charts/epoch": self.epoch,
                                    "charts/SPS": rollout.env_steps / (rollout.seconds + update_seconds)}
         metrics["video_paths"] = rollout.video_paths
