@@ -52,3 +52,14 @@ def test_diagnostics_report_the_prior_and_chunk_std():
     assert abs(stats["policy/noise_prior_std_min"] - torch.tensor(-2.0).exp().item()) < 1e-6
     assert 0.13 < stats["policy/noise_prior_std_mean"] < torch.tensor(-1.0).exp().item()
     assert abs(stats["policy/chunk_std_mean"] - 0.5) < 1e-6
+
+
+def test_std_lr_gives_the_stds_their_own_group_and_none_keeps_them_with_the_heads():
+    policy, critic = make_policy_and_critic()
+    stds = {id(p) for p in policy.std_parameters()}
+    assert stds == {id(policy.base.noise_prior.log_std), id(policy.chunk_log_std)}
+    groups = PPOTrainer(policy, critic, PPOConfig(head_lr=3e-4, std_lr=3e-3)).policy_optimizer.param_groups
+    by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in groups}
+    assert by_lr[3e-3] == stds and not by_lr[3e-4] & stds and by_lr[3e-4]
+    groups = PPOTrainer(policy, critic, PPOConfig(head_lr=3e-4)).policy_optimizer.param_groups
+    assert stds <= {id(p) for g in groups if g["lr"] == 3e-4 for p in g["params"]}

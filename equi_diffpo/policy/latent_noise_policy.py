@@ -68,6 +68,10 @@ class LatentNoisePolicy(RLPolicyBase):
         prior = list(self.base.noise_prior.parameters()) if self.base.noise_prior is not None else []
         return prior + ([self.chunk_log_std] if self.chunk_log_std is not None else [])
 
+    def std_parameters(self) -> List[nn.Parameter]:
+        """The prior's ``log_std`` (base class) and the chunk-shared exploration std."""
+        return super().std_parameters() + ([self.chunk_log_std] if self.chunk_log_std is not None else [])
+
     @torch.no_grad()
     def project_parameters_(self) -> None:
         """The prior's box (base class) and the chunk-shared std's upper bound 1 (``chunk_std`` clamps it)."""

@@ -116,6 +116,11 @@ class RLPolicyBase(nn.Module):
         """Parameters added for RL (zero-initialised heads): trained at ``ppo_trainer.head_lr``."""
         return []
 
+    def std_parameters(self) -> List[nn.Parameter]:
+        """The heads' learned x0 stds (``ppo_trainer.std_lr``): the noise prior's ``log_std`` when it trains."""
+        prior = self.base.noise_prior
+        return [prior.log_std] if prior is not None and prior.log_std.requires_grad else []
+
     @torch.no_grad()
     def project_parameters_(self) -> None:
         """Called by the trainer after each policy optimizer step: puts box-constrained parameters (a learned

@@ -145,6 +145,11 @@ class PPOConfig:
     # LR of the policy's freshly initialised heads (``policy.head_parameters()``: noise head, noise
     # prior). None: policy_lr. They start from zero, so at the pretrained nets' tiny LR they never move.
     head_lr: Optional[float] = None
+    # LR of the learned x0 stds among the heads (``policy.std_parameters()``: the noise prior's per-entry
+    # log-std, the chunk-shared exploration std). None: head_lr. Why separate: their PPO gradient is mostly
+    # noise with a small steady bias (towards narrower x0 on lift_d0), so at head_lr they move ~0.03 in log
+    # per 250k env steps while the prior's mean moves freely.
+    std_lr: Optional[float] = None
     critic_lr: float = 1e-4
     weight_decay: float = 0.0
     critic_warmup_epochs: int = 0
@@ -297,10 +302,14 @@ class PPOTrainer:
         # RL views put box-constrained parameters back after each step (RLPolicyBase.project_parameters_).
         self.project_policy_parameters = getattr(policy, "project_parameters_", lambda: None)
         policy_groups = [{"params": [p for p in self.policy_params if id(p) not in head_ids], "lr": cfg.policy_lr}]
-        heads = [p for p in self.policy_params if id(p) in head_ids]
+        std_ids = {id(p) for p in policy.std_parameters()} if cfg.std_lr is not None else set()
+        heads = [p for p in self.policy_params if id(p) in head_ids - std_ids]
+        head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.policy_lr
         if heads:
-            head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.policy_lr
             policy_groups.append({"params": heads, "lr": head_lr})
+        stds = [p for p in self.policy_params if id(p) in std_ids]
+        if stds:
+            policy_groups.append({"params": stds, "lr": cfg.std_lr})
         self.policy_optimizer = torch.optim.AdamW(policy_groups, lr=cfg.policy_lr, weight_decay=cfg.weight_decay)
         self.critic_optimizer = torch.optim.AdamW(self.critic_params, lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
         factor = lambda epoch: _lr_factor(cfg.lr_schedule, cfg.total_epochs, epoch)  # noqa: E731
