@@ -17,6 +17,8 @@ margin of 0.07 or more. At 20 epochs (~106k) the gain was 0.00-0.21 over seeds (
 RL_LEARNING_EPOCHS below ~80 is expected to fail it.
 This test itself, 2026-12-05: 0.39 -> 0.52 -> 0.51 -> 0.71 -> 0.66 -> 0.65 (449k env steps), PASSED in 24.4 min
 (its first ~10 min beside a CI run).
+After the noise-prior std fix (2026-12-06g, the trainer projects log_std back into its box): seeds 0 / 1 / 42
+0.39 -> 0.66 / 0.58 / 0.67 at ~450k, gains +0.27 / +0.19 / +0.28: +0.15 still holds for 3 of 3, margin 0.04.
 """
 from __future__ import annotations
 
