@@ -302,7 +302,8 @@ class PPOTrainer:
         # RL views put box-constrained parameters back after each step (RLPolicyBase.project_parameters_).
         self.project_policy_parameters = getattr(policy, "project_parameters_", lambda: None)
         policy_groups = [{"params": [p for p in self.policy_params if id(p) not in head_ids], "lr": cfg.policy_lr}]
-        std_ids = {id(p) for p in policy.std_parameters()} if cfg.std_lr is not None else set()
+        std_ids = ({id(p) for p in getattr(policy, "std_parameters", lambda: [])()}
+                   if cfg.std_lr is not None else set())
         heads = [p for p in self.policy_params if id(p) in head_ids - std_ids]
         head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.policy_lr
         if heads:
