@@ -3,8 +3,8 @@
 # scripted demos -> point-cloud zarr -> ManiFlow BC -> slim export (cfg + EMA weights) -> 100-episode evaluation.
 #   lift_d0 (default): BC trained to convergence (250 epochs, ~1500 steps, bf16) on only TRAIN_DEMOS=5 of the N_DEMOS=100
 #                      scripted demos (dataset.max_train_episodes, a fixed seeded subset): a natural weak start, the
-#                      few-demo case (0.33 over 100 episodes; ~15 min on 2 cores). Why not an under-trained run on all
-#                      demos: PPO from such a start levels off near 0.7 (docs/EXPERIMENTS.md 2026-12-07).
+#                      few-demo case (0.33 over 100 episodes; a rerun: 0.29, ~10 min on 2 cores). Why not an under-trained run on all
+#                      demos: PPO from such a start levels off near 0.65 (docs/EXPERIMENTS.md 2026-12-06h).
 #   stack_d0:          the BC recipe of docs/EXPERIMENTS.md: rgb point clouds (the task yaml), sample prediction, bf16,
 #                      a 30-epoch cosine schedule stopped after EPOCHS=10 epochs (0.72 over 100 episodes; ~15 min BC).
 #   lift_d0, all demos, fp32, SCHEDULE_EPOCHS=30 and EPOCHS=10: a stronger natural start (epoch 10 of a 30-epoch cosine

@@ -1,7 +1,7 @@
 """Slow learning test: PPO with the default RL config raises the deterministic success rate of the
 shipped lift_d0 checkpoint (a natural few-demo BC policy: trained to convergence on 5 scripted demos, 0.33 over
 100 episodes) at the README main command's budget (the config's 100 RL epochs of 32 episodes, ~350k env steps
-from this start; ~25 min alone on a 2-core CPU, ~35 min beside another job):
+from this start; ~19 min alone on a 2-core CPU, ~30 min beside another job):
 
     .venv/bin/python -m pytest -q -m slow tests/test_rl_learning.py -s
     RL_LEARNING_CHECKPOINT=<ckpt> RL_LEARNING_EPOCHS=40 .venv/bin/python -m pytest -q -m slow tests/test_rl_learning.py -s
