@@ -176,6 +176,28 @@ def test_train_val_split_is_by_episode(zarr_path):
     assert limited.val_mask.tolist() == train.val_mask.tolist()
 
 
+def test_translate_xy_moves_every_position_of_a_training_window_alike(zarr_path):
+    plain = PointCloudDataset(zarr_path, val_ratio=0.34, seed=1)
+    moved = PointCloudDataset(zarr_path, val_ratio=0.34, seed=1, translate_xy=0.5)
+    torch.manual_seed(0)
+    offsets = []
+    for i in range(len(plain)):
+        a, b = plain[i], moved[i]
+        offset = (b["action"][0, :2] - a["action"][0, :2]).numpy()
+        offsets.append(offset)
+        for before, after, size in ((a["action"], b["action"], 7), (a["obs"]["agent_pos"], b["obs"]["agent_pos"], 9),
+                                    (a["obs"]["point_cloud"], b["obs"]["point_cloud"], 6)):
+            shift = np.zeros(size, dtype=np.float32)
+            shift[:2] = offset
+            np.testing.assert_allclose((after - before).numpy(), np.broadcast_to(shift, after.shape), atol=1e-4)
+    offsets = np.array(offsets)
+    assert np.all(np.abs(offsets) <= 0.5) and len(np.unique(offsets[:, 0])) == len(plain)   # one draw per window
+    val = moved.get_validation_dataset()
+    assert val[0]["action"].tolist() == plain.get_validation_dataset()[0]["action"].tolist()   # never moved
+    with pytest.raises(ValueError, match="translate_xy"):
+        PointCloudDataset(zarr_path, translate_xy=-0.1)
+
+
 def test_normalizer_maps_train_range_to_unit_box(zarr_path):
     ds = PointCloudDataset(zarr_path, val_ratio=0.34, seed=0)
     # the held-out episode has the largest values, so fitting on it too would shrink the range

@@ -48,7 +48,7 @@ class PointCloudDataset(Dataset):
 
     def __init__(self, zarr_path: str, horizon: int = 16, pad_before: int = 1, pad_after: int = 7,
                  seed: int = 42, val_ratio: float = 0.02, max_train_episodes: Optional[int] = None,
-                 use_rgb: Optional[bool] = None):
+                 use_rgb: Optional[bool] = None, translate_xy: float = 0.0):
         buffer = ReplayBuffer.open(zarr_path, mode="r", required_keys=KEYS)
         point_cloud = buffer["point_cloud"]
         if point_cloud.ndim != 3:
@@ -58,6 +58,9 @@ class PointCloudDataset(Dataset):
             raise ValueError(f"use_rgb=True but data/point_cloud in {zarr_path!r} has only {n_channels} "
                              "channels (xyz); convert with rgb enabled or set use_rgb=False")
         keep_channels = 3 if use_rgb is False else n_channels
+        if translate_xy < 0:
+            raise ValueError(f"dataset.translate_xy must be >= 0 (metres); got {translate_xy}")
+        self.translate_xy = float(translate_xy)
 
         self.zarr_path = str(zarr_path)
         self.horizon = horizon
@@ -96,6 +99,7 @@ class PointCloudDataset(Dataset):
         ``val_ratio`` was 0 or there is a single episode."""
         val = copy.copy(self)
         val.sampler = self._make_sampler(self.val_mask)
+        val.translate_xy = 0.0
         return val
 
     def get_normalizer(self, normalizer_cls: Type[Normalizer] = LinearNormalizer) -> Normalizer:
@@ -116,9 +120,23 @@ class PointCloudDataset(Dataset):
 
     def __getitem__(self, idx: int) -> Dict:
         window = self.sampler.sample_sequence(self.data, idx)
+        if self.translate_xy > 0:
+            window = self._translated(window)
         return {"obs": {"point_cloud": torch.from_numpy(window["point_cloud"]),
                         "agent_pos": torch.from_numpy(window["agent_pos"])},
                 "action": torch.from_numpy(window["action"])}
+
+    def _translated(self, window: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The window with one random horizontal offset (x, y) added to every position it holds: cloud
+        ``(horizon, N, C)`` channels 0-1, ``agent_pos`` and ``action`` ``(horizon, D)`` entries 0-1. Drawn from
+        torch's RNG, so ``training.seed`` fixes it."""
+        offset = ((torch.rand(2) * 2 - 1) * self.translate_xy).numpy().astype(np.float32)
+        window = dict(window)
+        for key in ("point_cloud", "agent_pos", "action"):
+            moved = window[key].copy()
+            moved[..., :2] += offset
+            window[key] = moved
+        return window
 
     def __repr__(self) -> str:
         return (f"PointCloudDataset({self.zarr_path!r}, windows={len(self)}, "
