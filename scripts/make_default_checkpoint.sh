@@ -4,7 +4,7 @@
 #   lift_d0 (default): BC trained to convergence (250 epochs, ~1500 steps, bf16) on only TRAIN_DEMOS=5 of the N_DEMOS=100
 #                      scripted demos (dataset.max_train_episodes, a fixed seeded subset), each training window moved
 #                      by a random horizontal offset of up to TRANSLATE_XY=0.03 m (dataset.translate_xy): a natural
-#                      weak start, the few-demo case (0.38 over 100 episodes, ~8 min on 2 cores). Why not an
+#                      weak start, the few-demo case (0.38 over 100 episodes; a rerun of this script: 0.42, 8.5 min). Why not an
 #                      under-trained run on all demos: PPO from such a start levels off near 0.65; why the shift: PPO
 #                      from the same 5 demos without it levels off lower (docs/EXPERIMENTS.md 2026-12-06h, 2026-12-06i).
 #   stack_d0:          the BC recipe of docs/EXPERIMENTS.md: rgb point clouds (the task yaml), sample prediction, bf16,
