@@ -27,7 +27,7 @@ from equi_diffpo.common.checkpoint_io import load_payload
 from equi_diffpo.common.errors import ConfigError
 from equi_diffpo.common.hydra_cli import parse_key_values
 from equi_diffpo.dataset.robomimic_hdf5 import DemoReader
-from equi_diffpo.dataset.sequence_sampler import downsample_mask, get_val_mask
+from equi_diffpo.dataset.sequence_sampler import train_val_masks
 from equi_diffpo.env.robosuite_env import RobosuitePointCloudEnv
 
 DEFAULTS = {"eval": "", "checkpoint": "", "demos": "", "bins": "3"}
@@ -54,14 +54,15 @@ def training_demo_starts(env: RobosuitePointCloudEnv, checkpoint: str, demos: st
         raise ConfigError(f"checkpoint={checkpoint!r} records no BC dataset (cfg.dataset): pass the BC checkpoint "
                           "the RL run started from, or leave checkpoint out")
     reader = DemoReader(demos)
-    n_demos = len(reader)
-    val = get_val_mask(n_demos, float(dataset_cfg.val_ratio), int(dataset_cfg.seed))
-    train = downsample_mask(~val, dataset_cfg.get("max_train_episodes"), int(dataset_cfg.seed))
-    starts = []
-    for index in np.nonzero(train)[0]:
-        env.reset_to(reader[int(index)].states[0])
-        starts.append(object_xy(env))
-    reader.close()
+    try:
+        _, train = train_val_masks(len(reader), float(dataset_cfg.val_ratio), int(dataset_cfg.seed),
+                                   dataset_cfg.get("max_train_episodes"))
+        starts = []
+        for index in np.nonzero(train)[0]:
+            env.reset_to(reader[int(index)].states[0])
+            starts.append(object_xy(env))
+    finally:
+        reader.close()
     return np.array(starts)
 
 

@@ -179,6 +179,7 @@ def test_train_val_split_is_by_episode(zarr_path):
 def test_translate_xy_moves_every_position_of_a_training_window_alike(zarr_path):
     plain = PointCloudDataset(zarr_path, val_ratio=0.34, seed=1)
     moved = PointCloudDataset(zarr_path, val_ratio=0.34, seed=1, translate_xy=0.5)
+    stored = {key: array.copy() for key, array in moved.data.items()}
     torch.manual_seed(0)
     offsets = []
     for i in range(len(plain)):
@@ -192,6 +193,8 @@ def test_translate_xy_moves_every_position_of_a_training_window_alike(zarr_path)
             np.testing.assert_allclose((after - before).numpy(), np.broadcast_to(shift, after.shape), atol=1e-4)
     offsets = np.array(offsets)
     assert np.all(np.abs(offsets) <= 0.5) and len(np.unique(offsets[:, 0])) == len(plain)   # one draw per window
+    for key, array in stored.items():                      # the shift never reaches the stored episodes
+        np.testing.assert_array_equal(moved.data[key], array)
     val = moved.get_validation_dataset()
     assert val[0]["action"].tolist() == plain.get_validation_dataset()[0]["action"].tolist()   # never moved
     with pytest.raises(ValueError, match="translate_xy"):

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from equi_diffpo.dataset.replay_buffer import ReplayBuffer
-from equi_diffpo.dataset.sequence_sampler import SequenceSampler, downsample_mask, get_val_mask
+from equi_diffpo.dataset.sequence_sampler import SequenceSampler, train_val_masks
 from equi_diffpo.model.equidiff_normalizer import EquidiffNormalizer
 from equi_diffpo.model.normalizer import LinearNormalizer
 
@@ -74,8 +74,7 @@ class PointCloudDataset(Dataset):
             "action": np.asarray(buffer["action"][:], dtype=np.float32),
         }
 
-        self.val_mask = get_val_mask(len(self.episode_ends), val_ratio, seed)
-        self.train_mask = downsample_mask(~self.val_mask, max_train_episodes, seed)
+        self.val_mask, self.train_mask = train_val_masks(len(self.episode_ends), val_ratio, seed, max_train_episodes)
         self.sampler = self._make_sampler(self.train_mask)
         if len(self.sampler) == 0:
             lengths = np.diff(self.episode_ends, prepend=0)[self.train_mask]
@@ -129,13 +128,10 @@ class PointCloudDataset(Dataset):
     def _translated(self, window: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """The window with one random horizontal offset (x, y) added to every position it holds: cloud
         ``(horizon, N, C)`` channels 0-1, ``agent_pos`` and ``action`` ``(horizon, D)`` entries 0-1. Drawn from
-        torch's RNG, so ``training.seed`` fixes it."""
+        torch's RNG, so ``training.seed`` fixes it. In place: ``sample_sequence`` returns fresh copies."""
         offset = ((torch.rand(2) * 2 - 1) * self.translate_xy).numpy().astype(np.float32)
-        window = dict(window)
         for key in ("point_cloud", "agent_pos", "action"):
-            moved = window[key].copy()
-            moved[..., :2] += offset
-            window[key] = moved
+            window[key][..., :2] += offset
         return window
 
     def __repr__(self) -> str:

@@ -8,7 +8,7 @@ n_obs_steps - 1`` and ``pad_after = n_action_steps - 1`` bound how much of a win
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -108,3 +108,12 @@ def downsample_mask(mask: np.ndarray, max_n: Optional[int], seed: int = 0) -> np
     out = np.zeros_like(mask)
     out[keep] = True
     return out
+
+
+def train_val_masks(n_episodes: int, val_ratio: float, seed: int,
+                    max_train_episodes: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """``(val_mask, train_mask)``, each ``(n_episodes,)`` bool: the BC dataset's episode split (validation drawn
+    first, then at most ``max_train_episodes`` of the rest). One function, so tools that need to know which demos
+    a checkpoint trained on (``scripts/failure_map.py``) pick exactly what the dataset picked."""
+    val_mask = get_val_mask(n_episodes, val_ratio, seed)
+    return val_mask, downsample_mask(~val_mask, max_train_episodes, seed)
